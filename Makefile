@@ -1,0 +1,42 @@
+# pvera_bench: `make demo` (offline demo) and `make test` (the suite) each install what they need first.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
+
+.DEFAULT_GOAL := help
+.PHONY: help install install-dev demo test lint table clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.install-base: pyproject.toml requirements/constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) -e ".[cluster]"
+	@touch $@
+
+$(VENV)/.install-dev: $(VENV)/.install-base
+	$(PIP) -e ".[cluster,dev]"
+	@touch $@
+
+install: $(VENV)/.install-base  ## create .venv with the pinned runtime (torch, timm, hydra, ...)
+
+install-dev: $(VENV)/.install-dev  ## add the test tools (pytest, ruff, peft)
+
+demo: install  ## offline demo: linear, lora, vera, pvera on mnist5k with a tiny ViT, then the table
+	$(PY) -m pvera_bench --multirun experiment=demo adapter=linear,lora,vera,pvera trainer.progress=false
+	$(PY) -m pvera_bench.table --backbone tiny --dataset mnist5k
+
+test: install-dev  ## the test suite
+	$(PY) -m pytest
+
+lint: install-dev  ## ruff lint and format check
+	$(VENV)/bin/ruff check pvera_bench tests scripts
+	$(VENV)/bin/ruff format --check pvera_bench tests scripts
+
+table: install  ## results/runs/**.json -> tables
+	$(PY) -m pvera_bench.table
+
+clean:  ## remove the environment and generated outputs (never data/ or results/)
+	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache

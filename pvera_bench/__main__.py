@@ -1,0 +1,38 @@
+"""``python -m pvera_bench [overrides]``: one run, or a sweep with ``-m``."""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from pvera_bench.cli import exit_with, run_cli
+from pvera_bench.config import register_configs
+from pvera_bench.errors import UserError
+from pvera_bench.run import run
+
+log = logging.getLogger("pvera_bench")
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    try:
+        return run(cfg)["test_top1"]
+    except UserError as error:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # the sweep goes on; Hydra re-raises at its end
+            log.error("%s", error)
+            raise
+        exit_with(error)  # a single run ends here, in one line, before Hydra adds its own report
+
+
+def cli() -> None:
+    """Console-script entry point (``pvera-bench``)."""
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

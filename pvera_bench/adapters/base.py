@@ -1,0 +1,218 @@
+"""Adapter registry, target resolution and the helpers every adapter shares.
+
+An adapter is one module file that defines a config dataclass, its layer(s) and an
+``inject(model, config)`` function, and ends with one :func:`register_adapter` call.
+Layers keep the frozen module they wrap as ``base_layer``; every trainable tensor an
+adapter adds carries the adapter's prefix (``lora_A``, ``vera_lambda_d``, ...), which is
+how :func:`mark_trainable` decides what trains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+QKV_NAMES = ("q", "k", "v")
+
+
+@dataclass
+class AdapterConfig:
+    """Fields every adapter has.
+
+    Args:
+        name: registry name of the adapter.
+        lr: learning rate of the adapter's parameters; None uses ``trainer.lr``.
+    """
+
+    name: str = ""
+    lr: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"adapter.lr must be positive, got {self.lr}")
+
+
+@dataclass
+class TargetedConfig(AdapterConfig):
+    """An adapter that wraps Linear layers inside each transformer block.
+
+    Args:
+        targets: module paths inside a block, in timm's names (``attn.qkv``, ``attn.proj``,
+            ``mlp.fc1``, ``mlp.fc2``).
+        qkv_slices: for ``attn.qkv``, which of q, k, v get their own update (each slice is
+            adapted separately, as the papers adapt separate projections); None adapts the
+            fused qkv output as one layer.
+    """
+
+    targets: list[str] = field(default_factory=lambda: ["attn.qkv"])
+    qkv_slices: list[str] | None = field(default_factory=lambda: ["q", "v"])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.targets:
+            raise ValueError("adapter.targets is empty: name at least one Linear, e.g. [attn.qkv]")
+        if self.qkv_slices is not None:
+            unknown = sorted(set(self.qkv_slices) - set(QKV_NAMES))
+            if unknown or not self.qkv_slices or len(set(self.qkv_slices)) != len(self.qkv_slices):
+                raise ValueError(f"adapter.qkv_slices must be distinct names from q, k, v; got {self.qkv_slices}")
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """A registered adapter: how to configure it, inject it, and which prefix trains."""
+
+    name: str
+    config_cls: type[AdapterConfig]
+    inject: Callable[[nn.Module, AdapterConfig], None]
+    prefix: str | None  # None: no adapter tensors (linear probe); "*": the whole backbone trains
+
+
+ADAPTERS: dict[str, AdapterSpec] = {}
+
+
+def register_adapter(
+    name: str,
+    config_cls: type[AdapterConfig],
+    inject: Callable[[nn.Module, AdapterConfig], None],
+    prefix: str | None,
+) -> None:
+    """Make an adapter available by name to :func:`apply_adapter` and the ``adapter`` config group."""
+    if name in ADAPTERS:
+        raise ValueError(f"adapter {name!r} is registered twice")
+    ADAPTERS[name] = AdapterSpec(name=name, config_cls=config_cls, inject=inject, prefix=prefix)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One Linear to adapt: where it hangs and which output slices get their own update."""
+
+    block: int
+    path: str  # e.g. "attn.qkv"
+    parent: nn.Module
+    attr: str
+    layer: nn.Linear
+    slices: tuple[tuple[int, int], ...]  # (start, stop) rows of the output, each adapted separately
+
+
+def find_targets(model: nn.Module, config: TargetedConfig) -> list[Target]:
+    """Resolve ``config.targets`` in every block of a timm VisionTransformer."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise TypeError(f"{type(model).__name__} has no .blocks: apply_adapter expects a timm VisionTransformer")
+    found = []
+    for index, block in enumerate(blocks):
+        for path in config.targets:
+            parent_path, _, attr = path.rpartition(".")
+            parent = block.get_submodule(parent_path) if parent_path else block
+            layer = getattr(parent, attr, None)
+            if layer is None:
+                raise ValueError(f"adapter target {path!r} does not exist in block {index} ({type(block).__name__})")
+            if hasattr(layer, "base_layer"):
+                raise ValueError(f"adapter target {path!r} in block {index} is already adapted")
+            if not isinstance(layer, nn.Linear):
+                raise ValueError(f"adapter target {path!r} is a {type(layer).__name__}, not a Linear")
+            found.append(Target(index, path, parent, attr, layer, output_slices(path, layer, config.qkv_slices)))
+    return found
+
+
+def output_slices(path: str, layer: nn.Linear, qkv_slices: list[str] | None) -> tuple[tuple[int, int], ...]:
+    """Row ranges of ``layer``'s output that get separate updates (q and v of a fused qkv)."""
+    if path.split(".")[-1] != "qkv" or qkv_slices is None:
+        return ((0, layer.out_features),)
+    width = layer.out_features // 3
+    return tuple((QKV_NAMES.index(s) * width, (QKV_NAMES.index(s) + 1) * width) for s in qkv_slices)
+
+
+class SlicedUpdate(nn.Module):
+    """Base of layers that add a per-slice update to a frozen Linear's output.
+
+    Subclasses compute ``delta(x)`` of shape ``(..., n_slices, slice_width)`` and the
+    equivalent weight update ``delta_weight()`` of shape ``(n_slices, slice_width, in)``.
+    """
+
+    def __init__(self, base_layer: nn.Linear, slices: tuple[tuple[int, int], ...]) -> None:
+        super().__init__()
+        widths = {stop - start for start, stop in slices}
+        if len(widths) != 1:
+            raise ValueError(f"all adapted slices of a layer must have the same width, got {slices}")
+        self.base_layer = base_layer
+        self.slices = slices
+        self.slice_width = widths.pop()
+        self.in_features = base_layer.in_features
+        self.out_features = base_layer.out_features
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def delta_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return add_to_slices(self.base_layer(x), self.delta(x), self.slices)
+
+    def merged_layer(self) -> nn.Linear:
+        """The base Linear with the update folded into its weight."""
+        layer = self.base_layer
+        with torch.no_grad():
+            update = self.delta_weight().to(layer.weight.dtype)
+            for (start, stop), rows in zip(self.slices, update):
+                layer.weight[start:stop] += rows
+        return layer
+
+
+def add_to_slices(out: torch.Tensor, delta: torch.Tensor, slices: tuple[tuple[int, int], ...]) -> torch.Tensor:
+    """``out[..., start:stop] += delta[..., i, :]`` for every slice, without building zero blocks."""
+    if len(slices) == 1 and slices[0] == (0, out.shape[-1]):
+        return out + delta.squeeze(-2)
+    delta = delta.to(out.dtype)
+    for i, (start, stop) in enumerate(slices):
+        out[..., start:stop] += delta[..., i, :]
+    return out
+
+
+def mark_trainable(model: nn.Module, prefix: str | None) -> None:
+    """Freeze everything except tensors whose name has a part starting with ``prefix``, and the head."""
+    for name, param in model.named_parameters():
+        parts = name.split(".")
+        is_head = parts[0] == "head"
+        is_adapter = prefix == "*" or (prefix is not None and any(part.startswith(prefix) for part in parts))
+        param.requires_grad_(is_head or is_adapter)
+
+
+def adapter_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Trainable parameters outside the classification head."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")}
+
+
+def head_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad and n.startswith("head.")}
+
+
+def regularization_loss(model: nn.Module) -> torch.Tensor | None:
+    """Sum and clear the ``regularization`` terms (PVeRA's KL) left by the last training forward."""
+    terms = []
+    for module in model.modules():
+        if getattr(module, "regularization", None) is not None:
+            terms.append(module.regularization)
+            module.regularization = None
+    return torch.stack(terms).sum() if terms else None
+
+
+def set_sampling_mode(model: nn.Module, mode: str) -> None:
+    """Set the eval-time sampling mode of every stochastic layer (training always samples)."""
+    for module in model.modules():
+        if hasattr(module, "sample_mode"):
+            module.sample_mode = mode
+
+
+def is_stochastic(model: nn.Module) -> bool:
+    return any(hasattr(m, "sample_mode") for m in model.modules())
+
+
+def kaiming_uniform(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    """Kaiming-uniform (gain sqrt(2), fan_in = shape[1]) drawn from ``generator`` on the CPU."""
+    bound = (6.0 / shape[1]) ** 0.5
+    return torch.empty(shape).uniform_(-bound, bound, generator=generator)

@@ -1,0 +1,21 @@
+"""Linear probe: the backbone stays frozen and only the classification head trains."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from pvera_bench.adapters.base import AdapterConfig, register_adapter
+
+
+@dataclass
+class LinearConfig(AdapterConfig):
+    pass
+
+
+def inject(model: nn.Module, config: LinearConfig) -> None:
+    """Nothing to inject: the head is the only trainable module."""
+
+
+register_adapter("linear", LinearConfig, inject, prefix=None)

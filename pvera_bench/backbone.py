@@ -1,0 +1,68 @@
+"""Backbones from timm by name, with pretrained weights from the hub or a local file."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import timm
+from timm.data import resolve_model_data_config
+from torch import nn
+
+from pvera_bench.config import BackboneConfig
+from pvera_bench.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def create_backbone(config: BackboneConfig, num_classes: int) -> nn.Module:
+    """Create ``config.name`` with a fresh ``num_classes`` head.
+
+    Weights come from ``config.weights`` when given (any format timm reads: .safetensors,
+    .pth, .npz), passed through timm's ``pretrained_cfg_overlay`` so that timm's own
+    filtering (position-embedding resampling, head removal) applies; otherwise from the
+    Hugging Face hub when ``config.pretrained``.
+    """
+    kwargs = dict(config.model_kwargs)
+    if config.img_size is not None:
+        kwargs["img_size"] = config.img_size
+    overlay = None
+    if config.weights:
+        weights = Path(config.weights).expanduser().resolve()
+        if not weights.is_file():
+            raise UserError(f"backbone.weights={config.weights}: no such file")
+        overlay = {"file": str(weights)}
+    pretrained = config.pretrained or overlay is not None
+    try:
+        model = timm.create_model(
+            config.name, pretrained=pretrained, pretrained_cfg_overlay=overlay, num_classes=num_classes, **kwargs
+        )
+    except RuntimeError as error:
+        if "Unknown model" in str(error):
+            raise UserError(f"backbone.name={config.name}: timm has no such model (see timm.list_models())") from error
+        if overlay is not None:
+            raise UserError(f"backbone.weights={config.weights} does not fit {config.name}: {error}".split("\n")[0])
+        raise
+    except (OSError, ValueError) as error:  # hub unreachable or offline, file unreadable
+        pretrained_cfg = timm.models.get_pretrained_cfg(config.name)
+        hub_id = getattr(pretrained_cfg, "hf_hub_id", None) or f"timm/{config.name}"
+        raise UserError(
+            f"cannot get pretrained weights for {config.name} ({type(error).__name__}); on a machine with network "
+            f"run `hf download {hub_id} model.safetensors --local-dir weights/` and pass "
+            "backbone.weights=weights/model.safetensors, or run with backbone.pretrained=false"
+        ) from error
+    if not pretrained:
+        log.warning("backbone %s is randomly initialised (backbone.pretrained=false)", config.name)
+    return model
+
+
+def input_spec(model: nn.Module) -> dict:
+    """Input resolution, normalisation and resize interpolation of a timm model."""
+    data_config = resolve_model_data_config(model)
+    height, width = model.patch_embed.img_size
+    return {
+        "size": (int(height), int(width)),
+        "mean": tuple(data_config["mean"]),
+        "std": tuple(data_config["std"]),
+        "interpolation": data_config["interpolation"],
+    }

@@ -1,0 +1,82 @@
+"""One JSON per run: a deterministic path, atomic writes, and the provenance of the numbers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VERSIONED_PACKAGES = ("torch", "torchvision", "timm", "hydra-core", "omegaconf", "numpy", "pvera-bench")
+# Settings that change where or how fast a run goes, not what it computes: left out of the run's identity.
+NON_IDENTITY_KEYS = {
+    "data": None,
+    "paths": None,
+    "trainer": ("device", "progress", "compile", "eval_batch_size"),
+}
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """Eight hex digits identifying the experiment a resolved config describes."""
+    identity = {}
+    for key, value in config.items():
+        if key in NON_IDENTITY_KEYS:
+            dropped = NON_IDENTITY_KEYS[key]
+            if dropped is None:
+                continue
+            value = {k: v for k, v in value.items() if k not in dropped}
+        identity[key] = value
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def result_path(results_dir: Path, config: dict[str, Any]) -> Path:
+    """``<results>/<backbone>/<dataset>/<adapter>__<sampling>__<protocol>__s<seed>__<digest>.json``."""
+    name = "__".join(
+        [
+            config["adapter"]["name"],
+            config["sampling"]["mode"] + (str(config["sampling"]["n"]) if config["sampling"]["mode"] == "mc" else ""),
+            config["protocol"]["name"],
+            f"s{config['seed']}",
+            config_digest(config),
+        ]
+    )
+    return results_dir / config["backbone"]["id"] / config["dataset"]["name"] / f"{name}.json"
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write through a temporary file in the same folder and rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
+        json.dump(payload, f, indent=2, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(f.name, path)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def git_state() -> dict[str, Any]:
+    """Commit of the code that ran, and whether the working tree had uncommitted changes."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, check=True).stdout
+
+    try:
+        return {"git_commit": git("rev-parse", "HEAD").strip(), "git_dirty": bool(git("status", "--porcelain").strip())}
+    except (OSError, subprocess.CalledProcessError):
+        return {"git_commit": "unknown", "git_dirty": None}

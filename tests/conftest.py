@@ -1,0 +1,65 @@
+"""Shared fixtures: the real mnist5k task built once, Hydra composition, and the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from pvera_bench.cli import CONF_DIR
+from pvera_bench.config import register_configs
+from pvera_bench.data.mnist5k import build_mnist5k
+
+REPO = Path(__file__).resolve().parent.parent
+register_configs()
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """A data.root holding the real mnist5k task."""
+    root = tmp_path_factory.mktemp("vtab")
+    build_mnist5k(root / "mnist5k")
+    return root
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture
+def demo_config(data_root, tmp_path):
+    """Compose the demo experiment with a two-epoch trainer, reading data_root and writing under tmp_path."""
+
+    def make(*overrides: str) -> DictConfig:
+        return compose_config(
+            "experiment=demo",
+            "trainer=smoke",
+            f"data.root={data_root}",
+            f"paths.results={tmp_path / 'runs'}",
+            *overrides,
+        )
+
+    return make
+
+
+def run_cli(*args: str, module: str = "pvera_bench", cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )
+
+
+def tiny_vit(num_classes: int = 5, **kwargs) -> torch.nn.Module:
+    """A small random ViT with a fused qkv, as timm builds ViT-B/16, for adapter tests."""
+    torch.manual_seed(0)
+    args = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=num_classes)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**args, **kwargs}).eval()

@@ -1,0 +1,62 @@
+"""The command line: bad input ends in one line and a non-zero exit, with nothing written."""
+
+from __future__ import annotations
+
+from conftest import run_cli
+
+from pvera_bench.adapters import ADAPTERS
+
+
+def test_unknown_adapter_lists_the_valid_names():
+    result = run_cli("adapter=nonexistent")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "Could not find 'adapter/nonexistent'" in lines[0]
+    for name in ADAPTERS:
+        assert name in lines[0]
+
+
+def test_wrong_type_is_one_line():
+    result = run_cli("trainer.lr=abc")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: Error merging override trainer.lr=abc: Value 'abc' of type 'str' could not be converted to Float"
+    ]
+
+
+def test_misspelt_key_is_one_line():
+    result = run_cli("trainer.lrr=1")
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "Key 'lrr' not in 'TrainerConfig'" in line
+
+
+def test_out_of_range_value_is_one_line(tmp_path):
+    result = run_cli("experiment=demo", "sampling=mc", "sampling.n=0", f"paths.results={tmp_path}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: sampling.n=0 must be >= 1"
+    assert not list(tmp_path.rglob("*.json"))
+
+
+def test_missing_data_names_the_path_and_the_prepare_command(tmp_path):
+    result = run_cli(
+        "adapter=pvera", "dataset=cifar100", f"data.root={tmp_path / 'vtab'}", f"paths.results={tmp_path / 'runs'}"
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert str(tmp_path / "vtab" / "cifar") in line
+    assert "python scripts/prepare_vtab.py cifar" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_weights_say_how_to_provide_them(data_root, tmp_path):
+    result = run_cli(
+        "experiment=demo", "backbone=vit_b16_in21k", f"data.root={data_root}", f"paths.results={tmp_path / 'runs'}"
+    )
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: cannot get pretrained weights for vit_base_patch16_224.orig_in21k")
+    assert "backbone.weights=" in line and "backbone.pretrained=false" in line
+    assert not (tmp_path / "runs").exists()

@@ -1,0 +1,103 @@
+"""End-to-end runs on the real mnist5k digits with the tiny backbone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pvera_bench.errors import UserError
+from pvera_bench.run import run
+
+REQUIRED_KEYS = {
+    "status",
+    "adapter",
+    "dataset",
+    "backbone",
+    "sampling",
+    "protocol",
+    "seed",
+    "test_top1",
+    "val_top1",
+    "test_nll",
+    "test_ece",
+    "adapter_params",
+    "head_params",
+    "wall_s",
+    "config",
+    "versions",
+    "git_commit",
+}
+
+
+def result_files(cfg) -> list:
+    from pathlib import Path
+
+    return sorted(Path(cfg.paths.results).rglob("*.json"))
+
+
+def test_run_writes_one_complete_result(demo_config):
+    cfg = demo_config("adapter=pvera")
+    record = run(cfg)
+    [path] = result_files(cfg)
+    written = json.loads(path.read_text())
+    assert REQUIRED_KEYS <= written.keys()
+    assert written == json.loads(json.dumps(record))
+    assert written["status"] == "success"
+    assert (written["adapter"], written["dataset"], written["backbone"]) == ("pvera", "mnist5k", "tiny")
+    assert 0.0 <= written["test_top1"] <= 1.0 and 0.0 <= written["val_top1"] <= 1.0
+    assert written["test_nll"] > 0 and 0.0 <= written["test_ece"] <= 1.0
+    assert written["adapter_params"] == 4 * 2 * (2 * 256 + 192)  # depth 4, q and v, d has 2r, b has 192
+    assert written["head_params"] == 192 * 10 + 10
+    assert written["epochs_run"] == 2 and len(written["history"]) == 2
+    assert written["config"]["trainer"]["epochs"] == 2
+    assert written["pretrained"] is False
+    assert set(written["versions"]) >= {"python", "torch", "timm"}
+    assert path.parent.parent.name == "tiny" and path.parent.name == "mnist5k"
+    assert path.name.startswith("pvera__mean__pvera__s0__")
+
+
+def test_same_seed_same_result_and_other_seed_differs(demo_config):
+    first = run(demo_config("adapter=lora", "seed=3"))
+    second = run(demo_config("adapter=lora", "seed=3"))
+    other = run(demo_config("adapter=lora", "seed=4"))
+    assert first["test_top1"] == second["test_top1"]
+    assert first["test_nll"] == second["test_nll"]
+    assert other["test_nll"] != first["test_nll"]
+
+
+def test_vtab_protocol_trains_on_train800val200_without_validation(demo_config):
+    record = run(demo_config("adapter=linear", "protocol=vtab"))
+    assert record["protocol"] == "vtab"
+    assert record["val_top1"] is None
+    assert record["best_epoch"] == record["epochs_run"] == 2
+    assert all("val_nll" not in epoch for epoch in record["history"])
+
+
+def test_early_stopping_stops_after_patience(demo_config):
+    # a learning rate this small barely moves the loss, so no epoch improves it by 50 %
+    record = run(
+        demo_config(
+            "adapter=linear",
+            "trainer.epochs=20",
+            "trainer.lr=1e-9",
+            "protocol.patience=3",
+            "protocol.min_rel_improvement=0.5",
+        )
+    )
+    assert record["best_epoch"] == 1
+    assert record["epochs_run"] == 4
+
+
+def test_mc_sampling_records_predictive_std(demo_config):
+    record = run(demo_config("adapter=pvera", "sampling=mc", "sampling.n=3"))
+    assert record["sampling"] == "mc"
+    assert record["test_predictive_std"] > 0
+    assert "__mc3__" in result_files(demo_config())[0].name
+
+
+def test_bad_adapter_value_fails_before_anything_is_built(demo_config):
+    cfg = demo_config("adapter=lora", "adapter.r=0")
+    with pytest.raises(UserError, match=r"^adapter=lora: adapter.r must be >= 1, got 0$"):
+        run(cfg)
+    assert result_files(cfg) == []

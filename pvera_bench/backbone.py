@@ -41,7 +41,8 @@ def create_backbone(config: BackboneConfig, num_classes: int) -> nn.Module:
         if "Unknown model" in str(error):
             raise UserError(f"backbone.name={config.name}: timm has no such model (see timm.list_models())") from error
         if overlay is not None:
-            raise UserError(f"backbone.weights={config.weights} does not fit {config.name}: {error}".split("\n")[0])
+            first_line = str(error).splitlines()[0]
+            raise UserError(f"backbone.weights={config.weights} does not fit {config.name}: {first_line}") from error
         raise
     except (OSError, ValueError) as error:  # hub unreachable or offline, file unreadable
         pretrained_cfg = timm.models.get_pretrained_cfg(config.name)

@@ -158,7 +158,7 @@ class SlicedUpdate(nn.Module):
         layer = self.base_layer
         with torch.no_grad():
             update = self.delta_weight().to(layer.weight.dtype)
-            for (start, stop), rows in zip(self.slices, update):
+            for (start, stop), rows in zip(self.slices, update, strict=True):
                 layer.weight[start:stop] += rows
         return layer
 

@@ -13,6 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from pvera_bench.adapters import adapter_parameters
 from pvera_bench.cli import CONF_DIR
 from pvera_bench.config import register_configs
 from pvera_bench.data.mnist5k import build_mnist5k
@@ -63,3 +64,11 @@ def tiny_vit(num_classes: int = 5, **kwargs) -> torch.nn.Module:
     torch.manual_seed(0)
     args = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=num_classes)
     return timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**args, **kwargs}).eval()
+
+
+def perturb(model: torch.nn.Module, seed: int = 1) -> None:
+    """Move every trainable adapter tensor away from its initial value, as training would."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in adapter_parameters(model).values():
+            param.add_(0.1 * torch.randn(param.shape, generator=generator))

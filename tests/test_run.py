@@ -96,6 +96,13 @@ def test_mc_sampling_records_predictive_std(demo_config):
     assert "__mc3__" in result_files(demo_config())[0].name
 
 
+def test_pvera_sampling_modes_give_different_test_predictions(demo_config):
+    results = {mode: run(demo_config("adapter=pvera", f"sampling={mode}")) for mode in ("mean", "fixed", "random")}
+    nll = {mode: record["test_nll"] for mode, record in results.items()}
+    assert len(set(nll.values())) == 3, nll
+    assert {record["sampling"] for record in results.values()} == {"mean", "fixed", "random"}
+
+
 def test_bad_adapter_value_fails_before_anything_is_built(demo_config):
     cfg = demo_config("adapter=lora", "adapter.r=0")
     with pytest.raises(UserError, match=r"^adapter=lora: adapter.r must be >= 1, got 0$"):

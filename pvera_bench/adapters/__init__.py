@@ -20,7 +20,6 @@ from torch import nn
 from pvera_bench.adapters.base import (
     ADAPTERS,
     AdapterConfig,
-    SlicedUpdate,
     adapter_parameters,
     head_parameters,
     is_stochastic,
@@ -78,7 +77,7 @@ def merge_adapter(model: nn.Module) -> nn.Module:
     if config is None:
         raise ValueError("model has no adapter: call apply_adapter first")
     wrapped = [(name, m) for name, m in model.named_modules() if hasattr(m, "base_layer")]
-    if any(not isinstance(m, SlicedUpdate) for _, m in wrapped):
+    if any(not hasattr(m, "merged_layer") for _, m in wrapped):
         raise ValueError(f"adapter {config.name!r} changes the network's structure and cannot be merged")
     for name, module in wrapped:
         parent_name, _, attr = name.rpartition(".")

@@ -1,0 +1,92 @@
+"""Bottleneck adapters in the Houlsby et al. (ICML 2019) placement.
+
+Two per block: after the attention (behind ``attn.proj``) and after the MLP (behind
+``mlp.fc2``), before the residual addition: ``y ← y + up(act(down(y)))``. As in the paper
+the projections start near zero (normal, std 1e-2, truncated at 2 std), so each adapter
+starts near the identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from pvera_bench.adapters.base import AdapterConfig, register_adapter
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
+
+
+@dataclass
+class BottleneckConfig(AdapterConfig):
+    """Args:
+    hidden_dim: width of the bottleneck.
+    activation: relu or gelu.
+    targets: block submodules whose output is adapted.
+    init_std: std of the truncated-normal initialisation of both projections.
+    """
+
+    hidden_dim: int = 64
+    activation: str = "relu"
+    targets: list[str] = field(default_factory=lambda: ["attn", "mlp"])
+    init_std: float = 1e-2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.hidden_dim < 1:
+            raise ValueError(f"adapter.hidden_dim must be >= 1, got {self.hidden_dim}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"adapter.activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if self.init_std < 0:
+            raise ValueError(f"adapter.init_std must be >= 0, got {self.init_std}")
+
+
+class Bottleneck(nn.Module):
+    """``x + up(act(down(x)))`` with separate prefix-named projections."""
+
+    def __init__(self, dim: int, hidden_dim: int, activation: str, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+        setattr(self, f"{prefix}down", nn.Linear(dim, hidden_dim))
+        setattr(self, f"{prefix}up", nn.Linear(hidden_dim, dim))
+        self.activation = ACTIVATIONS[activation]()
+
+    @property
+    def down(self) -> nn.Linear:
+        return getattr(self, f"{self.prefix}down")
+
+    @property
+    def up(self) -> nn.Linear:
+        return getattr(self, f"{self.prefix}up")
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.activation(self.down(x)))
+
+
+class SerialAdapter(Bottleneck):
+    """Wraps a block submodule: ``y = base_layer(x)``, then ``y + up(act(down(y)))``."""
+
+    def __init__(self, base_layer: nn.Module, dim: int, config: BottleneckConfig) -> None:
+        super().__init__(dim, config.hidden_dim, config.activation, prefix="bottleneck_")
+        self.base_layer = base_layer
+        std = config.init_std
+        for layer in (self.down, self.up):
+            nn.init.trunc_normal_(layer.weight, std=std, a=-2 * std, b=2 * std)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        y = self.base_layer(x, *args, **kwargs)
+        return y + self.residual(y)
+
+
+def inject(model: nn.Module, config: BottleneckConfig) -> None:
+    dim = model.embed_dim
+    for index, block in enumerate(model.blocks):
+        for name in config.targets:
+            if not hasattr(block, name):
+                raise ValueError(f"adapter target {name!r} does not exist in block {index}")
+            setattr(block, name, SerialAdapter(getattr(block, name), dim, config))
+
+
+register_adapter("bottleneck", BottleneckConfig, inject, prefix="bottleneck_")

@@ -1,0 +1,62 @@
+"""DoRA (Liu et al., ICML 2024): weight-decomposed LoRA.
+
+``W' = m ⊙ (W + ΔW) / ||W + ΔW||`` with ΔW the LoRA update, the norm taken per output
+row and treated as a constant in the backward pass (paper §4.3), and the magnitude ``m``
+trainable and initialised to ``||W||``, so the layer is unchanged at initialisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pvera_bench.adapters.base import add_to_slices, find_targets, register_adapter
+from pvera_bench.adapters.lora import LoraConfig, LoraLinear
+
+
+@dataclass
+class DoraConfig(LoraConfig):
+    pass
+
+
+class DoraLinear(LoraLinear):
+    """LoRA per output slice plus a trainable magnitude per output row of the slice."""
+
+    def __init__(self, base_layer: nn.Linear, slices: tuple[tuple[int, int], ...], r: int, alpha: float,
+                 dropout: float = 0.0) -> None:
+        super().__init__(base_layer, slices, r, alpha, dropout)
+        with torch.no_grad():
+            norms = torch.stack([base_layer.weight[start:stop].norm(dim=1) for start, stop in slices])
+        self.lora_magnitude = nn.Parameter(norms.float())
+
+    def slice_weights(self) -> torch.Tensor:
+        """The frozen rows of every adapted slice, ``(n_slices, width, in)``."""
+        return torch.stack([self.base_layer.weight[start:stop] for start, stop in self.slices])
+
+    def magnitude_scale(self) -> torch.Tensor:
+        """``m / ||W + ΔW||`` per slice and row; the norm is detached as in the paper."""
+        norm = (self.slice_weights() + super().delta_weight()).norm(dim=-1).detach()
+        return self.lora_magnitude / norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x, self.base_layer.weight)  # without bias: the scale applies to W x + ΔW x only
+        scale = self.magnitude_scale().to(out.dtype)
+        lora = super().delta(x)
+        frozen = torch.stack([out[..., start:stop] for start, stop in self.slices], dim=-2)
+        out = add_to_slices(out, (scale - 1) * frozen + scale * lora, self.slices)
+        return out if self.base_layer.bias is None else out + self.base_layer.bias
+
+    def delta_weight(self) -> torch.Tensor:
+        weights = self.slice_weights()
+        return self.magnitude_scale().unsqueeze(-1) * (weights + super().delta_weight()) - weights
+
+
+def inject(model: nn.Module, config: DoraConfig) -> None:
+    for t in find_targets(model, config):
+        setattr(t.parent, t.attr, DoraLinear(t.layer, t.slices, config.r, config.alpha, config.dropout))
+
+
+register_adapter("dora", DoraConfig, inject, prefix="lora_")

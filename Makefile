@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev demo test lint table clean
+.PHONY: help install install-dev demo demo-sampling test lint table clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -26,6 +26,11 @@ install-dev: $(VENV)/.install-dev  ## add the test tools (pytest, ruff, peft)
 
 demo: install  ## offline demo: linear, lora, vera, pvera on mnist5k with a tiny ViT, then the table
 	$(PY) -m pvera_bench --multirun experiment=demo adapter=linear,lora,vera,pvera trainer.progress=false
+	$(PY) -m pvera_bench.table --backbone tiny --dataset mnist5k
+
+demo-sampling: install  ## PVeRA on mnist5k with each test-time sampling mode (mean, fixed, random, mc)
+	$(PY) -m pvera_bench --multirun experiment=demo adapter=pvera sampling=mean,fixed,random,mc sampling.n=10 \
+		trainer.progress=false
 	$(PY) -m pvera_bench.table --backbone tiny --dataset mnist5k
 
 test: install-dev  ## the test suite

@@ -31,6 +31,22 @@ class BackboneConfig:
 
 
 @dataclass
+class TfdsSource:
+    """Where a task comes from in TFDS, with google-research/task_adaptation's split definitions.
+
+    Split specs are TFDS slices whose bounds may use ``pNN``: NN percent of the split's size,
+    rounded down as task_adaptation does (``NN * n // 100``), and sums such as ``p60+p20``.
+    """
+
+    name: str = MISSING  # builder[/config]:version, e.g. cifar100:3.*.*
+    train800: str = "train[:800]"
+    val200: str = MISSING
+    test: str = "test"
+    extract: str = "plain"  # pvera_bench.data.labels.EXTRACTORS key: example -> (image, label)
+    manual: str | None = None  # what to download by hand, and where to put it, when TFDS cannot
+
+
+@dataclass
 class DatasetConfig:
     """One VTAB-1k task (or the offline demo task) in the folder layout of DESIGN §4."""
 
@@ -38,6 +54,7 @@ class DatasetConfig:
     num_classes: int = MISSING
     group: str = MISSING  # natural | specialized | structured | demo
     beta: float = 1e6  # PVeRA KL weight is 1/beta
+    tfds: TfdsSource | None = None  # None: not built from TFDS (mnist5k)
 
 
 @dataclass
@@ -83,6 +100,7 @@ class DataConfig:
 
     root: str = "data/vtab-1k"
     decode_workers: int = 4  # threads decoding images on first use
+    cache: bool = True  # keep decoded splits in <task>/.cache/ and read them from there
 
 
 @dataclass

@@ -21,7 +21,9 @@ def parameter_report(overrides: list[str]) -> dict:
     """Counts for the model the overrides describe, built with random weights."""
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*overrides, "backbone.pretrained=false", "backbone.weights=null"])
+        cfg = compose(
+            config_name="config", overrides=[*overrides, "backbone.pretrained=false", "backbone.weights=null"]
+        )
     validate(cfg)
     counts = count_parameters(build_model(cfg))
     return {"adapter": cfg.adapter.name, "backbone": cfg.backbone.id, "num_classes": cfg.dataset.num_classes, **counts}

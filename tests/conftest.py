@@ -51,12 +51,19 @@ def demo_config(data_root, tmp_path):
     return make
 
 
-def run_cli(*args: str, module: str = "pvera_bench", cwd: Path = REPO) -> subprocess.CompletedProcess:
+def run_command(*command: str) -> subprocess.CompletedProcess:
+    """Run a command from the repository root, offline, as a user would."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
-    )
+    return subprocess.run(list(command), capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+
+
+def run_cli(*args: str, module: str = "pvera_bench") -> subprocess.CompletedProcess:
+    return run_command(sys.executable, "-m", module, *args)
+
+
+def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
+    return run_command(sys.executable, str(REPO / script), *args)
 
 
 def tiny_vit(num_classes: int = 5, **kwargs) -> torch.nn.Module:

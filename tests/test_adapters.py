@@ -30,8 +30,10 @@ def test_output_shape_and_only_adapter_and_head_get_gradients(name, images):
     spec = ADAPTERS[name]
     for param_name, param in model.named_parameters():
         parts = param_name.split(".")
-        expected = parts[0] == "head" or spec.prefix == "*" or (
-            spec.prefix is not None and any(part.startswith(spec.prefix) for part in parts)
+        expected = (
+            parts[0] == "head"
+            or spec.prefix == "*"
+            or (spec.prefix is not None and any(part.startswith(spec.prefix) for part in parts))
         )
         assert param.requires_grad == expected, param_name
         assert (param.grad is not None) == expected, param_name

@@ -10,8 +10,13 @@ from pvera_bench.backbone import create_backbone, input_spec
 from pvera_bench.config import BackboneConfig
 from pvera_bench.errors import UserError
 
-TINY = dict(id="tiny", name="vit_tiny_patch16_224", pretrained=False, img_size=28,
-            model_kwargs={"patch_size": 14, "embed_dim": 192, "depth": 4, "num_heads": 3})
+TINY = dict(
+    id="tiny",
+    name="vit_tiny_patch16_224",
+    pretrained=False,
+    img_size=28,
+    model_kwargs={"patch_size": 14, "embed_dim": 192, "depth": 4, "num_heads": 3},
+)
 
 
 def test_local_weights_load_through_timm(tmp_path):
@@ -47,8 +52,12 @@ def test_unknown_model_name():
 
 
 def test_input_spec_uses_the_model_resolution_and_timm_normalisation():
-    model = create_backbone(BackboneConfig(id="d", name="vit_base_patch14_dinov2.lvd142m", pretrained=False,
-                                           img_size=224, model_kwargs={"depth": 1}), num_classes=3)
+    model = create_backbone(
+        BackboneConfig(
+            id="d", name="vit_base_patch14_dinov2.lvd142m", pretrained=False, img_size=224, model_kwargs={"depth": 1}
+        ),
+        num_classes=3,
+    )
     spec = input_spec(model)
     assert spec["size"] == (224, 224)  # not the 518 of the pretrained config
     assert spec["mean"] == pytest.approx((0.485, 0.456, 0.406)) and spec["interpolation"] == "bicubic"

@@ -100,9 +100,7 @@ def test_vera_and_pvera_match_peft(name):
 def test_ia3_matches_peft():
     ours = apply_adapter(tiny_vit(), "ia3")
     perturb(ours)
-    reference = peft_reference(
-        peft.IA3Config(target_modules=rf"{KV}|.*mlp\.fc2", feedforward_modules=r".*mlp\.fc2")
-    )
+    reference = peft_reference(peft.IA3Config(target_modules=rf"{KV}|.*mlp\.fc2", feedforward_modules=r".*mlp\.fc2"))
     with torch.no_grad():
         for b, block in enumerate(ours.blocks):
             scales = block.attn.qkv.ia3_l.view(2, -1)

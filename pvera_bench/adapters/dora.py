@@ -25,8 +25,9 @@ class DoraConfig(LoraConfig):
 class DoraLinear(LoraLinear):
     """LoRA per output slice plus a trainable magnitude per output row of the slice."""
 
-    def __init__(self, base_layer: nn.Linear, slices: tuple[tuple[int, int], ...], r: int, alpha: float,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, base_layer: nn.Linear, slices: tuple[tuple[int, int], ...], r: int, alpha: float, dropout: float = 0.0
+    ) -> None:
         super().__init__(base_layer, slices, r, alpha, dropout)
         with torch.no_grad():
             norms = torch.stack([base_layer.weight[start:stop].norm(dim=1) for start, stop in slices])

@@ -8,7 +8,6 @@ model is unchanged at initialisation, and all fold into the weights.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 from torch import nn
@@ -23,7 +22,7 @@ class Ia3Config(TargetedConfig):
     """
 
     targets: list[str] = field(default_factory=lambda: ["attn.qkv", "mlp.fc2"])
-    qkv_slices: Optional[list[str]] = field(default_factory=lambda: ["k", "v"])
+    qkv_slices: list[str] | None = field(default_factory=lambda: ["k", "v"])
     feedforward: list[str] = field(default_factory=lambda: ["mlp.fc2"])
 
     def __post_init__(self) -> None:

@@ -7,11 +7,13 @@ into a uint8 tensor ``(N, 3, H, W)``; normalisation happens on the device, per b
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -23,6 +25,9 @@ from pvera_bench.errors import UserError
 log = logging.getLogger(__name__)
 
 SPLITS = ("train800", "val200", "train800val200", "test")
+FIXED_COUNTS = {"train800": 800, "val200": 200, "train800val200": 1000}  # the "1k" of VTAB-1k
+CACHE_DIR = ".cache"
+CACHE_FORMAT = 1  # bump when the decoded layout changes
 RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -83,6 +88,18 @@ def read_split_file(task_dir: Path, split: str, num_classes: int) -> list[tuple[
     return entries
 
 
+def check_count(task_dir: Path, split: str, count: int) -> None:
+    """The split must have the size its manifest records, or the fixed VTAB-1k size."""
+    list_file = task_dir / f"{split}.txt"
+    manifest = task_dir / "manifest.json"
+    expected = FIXED_COUNTS.get(split)
+    if manifest.is_file():
+        expected = json.loads(manifest.read_text()).get("splits", {}).get(split, {}).get("count", expected)
+    if expected is not None and count != expected:
+        source = "manifest.json" if manifest.is_file() else "VTAB-1k"
+        raise UserError(f"{list_file}: {count} images listed, {source} says {expected}")
+
+
 def decode_image(path: Path, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
     """Decode one image to RGB, resize it to ``size`` (height, width), and return it as uint8 HWC."""
     try:
@@ -97,6 +114,43 @@ def decode_image(path: Path, size: tuple[int, int], resample: Image.Resampling) 
         raise UserError(f"{path}: cannot be decoded ({error})") from None
 
 
+def source_fingerprint(entries: list[tuple[Path, int]], size: tuple[int, int], interpolation: str) -> str:
+    """Changes whenever a listed file, a label, the resolution or the interpolation changes."""
+    digest = hashlib.sha256(f"{CACHE_FORMAT} {size} {interpolation}\n".encode())
+    for path, label in entries:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            raise UserError(f"{path}: listed in the split file but missing") from None
+        digest.update(f"{path} {label} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def read_cache(path: Path, fingerprint: str) -> SplitData | None:
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file is rebuilt, never trusted
+        log.warning("decoded cache %s is unreadable (%s); rebuilding it", path, type(error).__name__)
+        return None
+    if not isinstance(payload, dict) or payload.get("fingerprint") != fingerprint:
+        log.info("decoded cache %s is stale; rebuilding it", path)
+        return None
+    return SplitData(payload["images"], payload["labels"])
+
+
+def write_cache(path: Path, fingerprint: str, data: SplitData) -> None:
+    """Save atomically; a read-only dataset folder only costs the cache."""
+    try:
+        path.parent.mkdir(exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp")
+        torch.save({"fingerprint": fingerprint, "images": data.images, "labels": data.labels}, temporary)
+        temporary.replace(path)
+    except OSError as error:
+        log.warning("cannot write the decoded cache %s (%s); decoding again next time", path, error)
+
+
 def load_split(
     task_dir: Path,
     split: str,
@@ -105,9 +159,32 @@ def load_split(
     interpolation: str = "bicubic",
     workers: int = 4,
     progress: bool = True,
+    cache: bool = True,
 ) -> SplitData:
-    """Decode and resize every image of ``split`` into one uint8 tensor."""
+    """The split as one uint8 tensor, decoded once and then read from ``<task>/.cache/``."""
     entries = read_split_file(task_dir, split, num_classes)
+    check_count(task_dir, split, len(entries))
+    cache_path = task_dir / CACHE_DIR / f"{split}-{size[0]}x{size[1]}-{interpolation}.pt"
+    fingerprint = source_fingerprint(entries, size, interpolation) if cache else ""
+    if cache and (cached := read_cache(cache_path, fingerprint)) is not None:
+        return cached
+    data = decode_split(
+        entries, size, interpolation, workers, progress and len(entries) >= 2000, f"decode {task_dir.name}/{split}"
+    )
+    if cache:
+        write_cache(cache_path, fingerprint, data)
+    return data
+
+
+def decode_split(
+    entries: list[tuple[Path, int]],
+    size: tuple[int, int],
+    interpolation: str,
+    workers: int,
+    progress: bool,
+    description: str,
+) -> SplitData:
+    """Decode and resize every listed image into one uint8 tensor ``(N, 3, H, W)``."""
     resample = RESAMPLE.get(interpolation, Image.Resampling.BICUBIC)
     images = np.empty((len(entries), size[0], size[1], 3), dtype=np.uint8)
 
@@ -115,9 +192,13 @@ def load_split(
         images[index] = decode_image(entries[index][0], size, resample)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        jobs = pool.map(decode, range(len(entries)))
-        for _ in tqdm(jobs, total=len(entries), desc=f"decode {task_dir.name}/{split}", disable=not progress or len(entries) < 2000,
-                      leave=False):
+        for _ in tqdm(
+            pool.map(decode, range(len(entries))),
+            total=len(entries),
+            desc=description,
+            disable=not progress,
+            leave=False,
+        ):
             pass
     labels = torch.tensor([label for _, label in entries], dtype=torch.int64)
     return SplitData(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels)

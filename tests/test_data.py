@@ -48,6 +48,13 @@ def task(task_template, tmp_path):
     return shutil.copytree(task_template, tmp_path / "task")
 
 
+def relabel(task, split: str, row: int, label: int) -> None:
+    """Change the label on one line of a split file."""
+    rows = (task / f"{split}.txt").read_text().splitlines()
+    rows[row] = f"{rows[row].rsplit(maxsplit=1)[0]} {label}"
+    (task / f"{split}.txt").write_text("\n".join(rows) + "\n")
+
+
 def load(task, split="test", classes=3, **kwargs):
     return load_split(task, split, classes, SIZE, progress=False, **kwargs)
 
@@ -79,9 +86,7 @@ def test_undecodable_file(task):
 
 
 def test_label_out_of_range_names_file_and_line(task):
-    rows = (task / "test.txt").read_text().splitlines()
-    rows[3] = rows[3].rsplit(maxsplit=1)[0] + " 7"
-    (task / "test.txt").write_text("\n".join(rows) + "\n")
+    relabel(task, "test", 3, 7)
     with pytest.raises(UserError, match=rf"^{task / 'test.txt'}:4: label 7 is outside \[0, 3\)"):
         load(task)
 
@@ -147,9 +152,7 @@ def test_changed_source_rebuilds_the_cache(task):
 
 def test_changed_label_or_resolution_gets_its_own_decode(task):
     load(task)
-    rows = (task / "test.txt").read_text().splitlines()
-    rows[0] = rows[0].rsplit(maxsplit=1)[0] + " 2"
-    (task / "test.txt").write_text("\n".join(rows) + "\n")
+    relabel(task, "test", 0, 2)
     assert load(task).labels[0] == 2
     bigger = load_split(task, "test", 3, (16, 16), progress=False)
     assert bigger.images.shape[-2:] == (16, 16)

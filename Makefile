@@ -26,12 +26,12 @@ install-dev: $(VENV)/.install-dev  ## add the test tools (pytest, ruff, peft)
 
 demo: install  ## offline demo: linear, lora, vera, pvera on mnist5k with a tiny ViT, then the table
 	$(PY) -m pvera_bench --multirun experiment=demo adapter=linear,lora,vera,pvera trainer.progress=false
-	$(PY) -m pvera_bench.table --backbone tiny --dataset mnist5k
+	$(PY) -m pvera_bench.table --print --backbone tiny --dataset mnist5k
 
 demo-sampling: install  ## PVeRA on mnist5k with each test-time sampling mode (mean, fixed, random, mc)
 	$(PY) -m pvera_bench --multirun experiment=demo adapter=pvera sampling=mean,fixed,random,mc sampling.n=10 \
 		trainer.progress=false
-	$(PY) -m pvera_bench.table --backbone tiny --dataset mnist5k
+	$(PY) -m pvera_bench.table --print --backbone tiny --dataset mnist5k
 
 test: install-dev  ## the test suite
 	$(PY) -m pytest

@@ -67,14 +67,21 @@ class SamplingConfig:
 
 @dataclass
 class ProtocolConfig:
-    """Which split trains, which split selects, and when training stops."""
+    """Which split trains, which selects among the grid points, and which (if any) retrains the choice.
+
+    Every point of the adapter's grid (the ``grid`` group) is trained on ``train_split`` and scored on ``val_split``;
+    the best point (``select_metric``) is tested as trained, or trained again from scratch on
+    ``retrain_split`` first. Test data are read only after that.
+    """
 
     name: str = MISSING
     train_split: str = "train800"
     val_split: str | None = "val200"  # evaluated every epoch; None: no validation
+    retrain_split: str | None = None  # e.g. train800val200: retrain the chosen point on it, then test
     early_stopping: bool = True  # stop on val loss and restore the best epoch's weights
     patience: int = 20  # epochs without a relative val-loss improvement before stopping
     min_rel_improvement: float = 1e-3  # 0.1 %: what counts as an improvement
+    select_metric: str = "nll"  # nll: lowest val loss | top1: highest val accuracy
 
 
 @dataclass
@@ -89,6 +96,7 @@ class TrainerConfig:
     scheduler: str = "constant"  # constant | cosine
     warmup_epochs: int = 0
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
+    checkpoint: bool = True  # save a resumable checkpoint after every epoch
     bf16: bool = False  # bf16 autocast for forward passes
     compile: bool = False  # torch.compile the model
     progress: bool = True  # tqdm progress bars
@@ -118,6 +126,8 @@ class RunConfig:
     sampling: SamplingConfig = MISSING
     protocol: ProtocolConfig = MISSING
     trainer: TrainerConfig = MISSING
+    grid: dict[str, Any] = field(default_factory=dict)  # adapter name -> {config key: [values]}
+    logger: Any = None  # _target_ of a pvera_bench.loggers class and its arguments
     data: DataConfig = field(default_factory=DataConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 0

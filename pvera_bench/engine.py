@@ -14,8 +14,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -225,6 +225,43 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def rng_state(generator: torch.Generator) -> dict:
+    """Every random stream a training epoch draws from, as tensors and plain values."""
+    numpy_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+        "python": random.getstate(),
+        "shuffle": generator.get_state(),
+    }
+
+
+def restore_rng(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    generator.set_state(state["shuffle"])
+
+
+@dataclass
+class LoopState:
+    """What the epoch loop carries from one epoch to the next (all of it goes into a checkpoint)."""
+
+    epoch: int = 0
+    best_loss: float = math.inf
+    stale: int = 0
+    best_epoch: int = 0
+    best_val: dict | None = None
+    best_weights: dict | None = None
+    last_val: dict | None = None
+    train_time: float = 0.0
+    history: list = field(default_factory=list)
+
+
 def fit(
     model: nn.Module,
     train: SplitData,
@@ -236,49 +273,78 @@ def fit(
     adapter_lr: float | None,
     regularization_weight: float,
     seed: int,
+    resume: dict | None = None,
+    on_epoch_end: Callable[[dict, Callable[[], dict]], None] | None = None,
 ) -> FitResult:
     """Train for ``trainer.epochs``, validating every epoch when a val split is given.
 
     With ``protocol.early_stopping`` the run stops after ``protocol.patience`` epochs without
     a relative val-loss decrease of ``protocol.min_rel_improvement`` and the weights of the
     best epoch are restored; otherwise the last epoch's weights are kept.
+
+    Args:
+        resume: a state returned by the ``state`` callable of an earlier call: training goes on
+            from there exactly as if it had not stopped (same data order, same random draws).
+        on_epoch_end: called after every epoch with the epoch's record and a callable that
+            returns the full resumable state (for checkpoints).
     """
     optimizer = build_optimizer(model, trainer, adapter_lr)
     steps = math.ceil(len(train) / trainer.batch_size)
     scheduler = build_scheduler(optimizer, trainer, steps)
     generator = torch.Generator().manual_seed(seed)
-    result = FitResult(epochs_run=0, best_epoch=0, train_images_per_s=0.0)
-    best_loss, best_state, stale, train_time, last_val = math.inf, None, 0, 0.0, None
-    bar = tqdm(range(1, trainer.epochs + 1), desc="train", disable=not runtime.progress, leave=False)
-    for epoch in bar:
+    loop = LoopState()
+    if resume is not None:
+        model.load_state_dict(resume["model"], strict=False)
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        restore_rng(resume["rng"], generator)
+        loop = LoopState(**resume["loop"])
+        log.info("resuming after epoch %d", loop.epoch)
+
+    def state() -> dict:
+        return {
+            "model": trainable_state(model),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(generator),
+            "loop": asdict(loop),
+        }
+
+    bar = tqdm(total=trainer.epochs, initial=loop.epoch, desc="train", disable=not runtime.progress, leave=False)
+    while loop.epoch < trainer.epochs and not (
+        protocol.early_stopping and val is not None and loop.stale >= protocol.patience
+    ):
+        loop.epoch += 1
         start = time.perf_counter()
         loss = train_one_epoch(
             model, train, optimizer, scheduler, runtime, trainer.batch_size, generator, regularization_weight
         )
         if runtime.device.type == "cuda":
             torch.cuda.synchronize(runtime.device)
-        train_time += time.perf_counter() - start
-        record = {"epoch": epoch, "train_loss": loss}
-        result.epochs_run = epoch
+        loop.train_time += time.perf_counter() - start
+        record = {"epoch": loop.epoch, "train_loss": loss}
         if val is not None:
-            last_val = evaluate(model, val, runtime, trainer.eval_batch_size, sampling)
-            record.update({f"val_{k}": v for k, v in last_val.items()})
-            if last_val["nll"] < best_loss * (1 - protocol.min_rel_improvement):
-                best_loss, stale = last_val["nll"], 0
+            loop.last_val = evaluate(model, val, runtime, trainer.eval_batch_size, sampling)
+            record.update({f"val_{k}": v for k, v in loop.last_val.items()})
+            if loop.last_val["nll"] < loop.best_loss * (1 - protocol.min_rel_improvement):
+                loop.best_loss, loop.stale = loop.last_val["nll"], 0
                 if protocol.early_stopping:
-                    best_state, result.best_epoch, result.val = trainable_state(model), epoch, last_val
+                    loop.best_weights, loop.best_epoch = trainable_state(model), loop.epoch
+                    loop.best_val = loop.last_val
             else:
-                stale += 1
-        result.history.append(record)
+                loop.stale += 1
+        loop.history.append(record)
+        bar.update(1)
         bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("train_loss", "val_nll", "val_top1")})
-        log.debug("epoch %s", record)
-        if protocol.early_stopping and val is not None and stale >= protocol.patience:
-            log.info("early stop at epoch %d: val loss has not improved for %d epochs", epoch, stale)
-            break
+        if on_epoch_end is not None:
+            on_epoch_end(record, state)
     bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state, strict=False)
+    if protocol.early_stopping and val is not None and loop.stale >= protocol.patience:
+        log.info("early stop at epoch %d: val loss has not improved for %d epochs", loop.epoch, loop.stale)
+    result = FitResult(loop.epoch, loop.epoch, loop.epoch * len(train) / max(loop.train_time, 1e-9), loop.history)
+    if loop.best_weights is not None:
+        model.load_state_dict(loop.best_weights, strict=False)
+        result.best_epoch, result.val = loop.best_epoch, loop.best_val
     else:
-        result.best_epoch, result.val = result.epochs_run, last_val
-    result.train_images_per_s = result.epochs_run * len(train) / max(train_time, 1e-9)
+        result.val = loop.last_val
     return result

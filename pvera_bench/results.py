@@ -18,7 +18,8 @@ VERSIONED_PACKAGES = ("torch", "torchvision", "timm", "hydra-core", "omegaconf",
 NON_IDENTITY_KEYS = {
     "data": None,
     "paths": None,
-    "trainer": ("device", "progress", "compile", "eval_batch_size"),
+    "logger": None,
+    "trainer": ("device", "progress", "compile", "eval_batch_size", "checkpoint"),
 }
 
 

@@ -1,33 +1,68 @@
-"""One run: validate → data → model → fit → test → one result JSON."""
+"""One run: validate → select on val (grid) → retrain if the protocol says so → test → one result JSON.
+
+A run whose result already exists with ``status: success`` is skipped. Every epoch leaves a
+checkpoint beside the result (trainable weights, optimiser, scheduler, every RNG, the grid
+points finished so far), so a run killed at any point resumes where it was and ends with
+the same numbers.
+"""
 
 from __future__ import annotations
 
+import copy
+import itertools
+import json
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import to_absolute_path
+from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from pvera_bench.adapters import ADAPTERS, adapter_parameters, apply_adapter, head_parameters, is_stochastic
 from pvera_bench.backbone import create_backbone, input_spec
 from pvera_bench.config import SAMPLING_MODES, VTAB_GROUPS
-from pvera_bench.data import SPLITS, load_split, locate_task
+from pvera_bench.data import SPLITS, SplitData, load_split, locate_task
 from pvera_bench.data.mnist5k import build_mnist5k
-from pvera_bench.engine import Normalizer, Runtime, evaluate, fit, place_split, resolve_device, seed_everything
+from pvera_bench.engine import (
+    FitResult,
+    Normalizer,
+    Runtime,
+    evaluate,
+    fit,
+    place_split,
+    resolve_device,
+    seed_everything,
+)
 from pvera_bench.errors import UserError
+from pvera_bench.loggers import NullLogger
 from pvera_bench.results import git_state, package_versions, result_path, write_json
 
 log = logging.getLogger(__name__)
 
 OFFLINE_BUILDERS = {"mnist5k": build_mnist5k}  # tasks that need no download
+SELECT_METRICS = ("nll", "top1")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Reject bad values and combinations in one line each, before anything is built."""
+def grid_points(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Every combination of the adapter's grid values (``[{}]`` when it has no grid)."""
+    space = cfg.grid.get(cfg.adapter.name) or {}
+    keys = sorted(space)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(space[k] for k in keys))] or [{}]
+
+
+def with_point(cfg: DictConfig, point: dict[str, Any]) -> DictConfig:
+    """A copy of the config with one grid point's values set."""
+    updated = copy.deepcopy(cfg)
+    for key, value in point.items():
+        OmegaConf.update(updated, key, value, merge=False)
+    return updated
+
+
+def validate_adapter(cfg: DictConfig) -> None:
     hparams = OmegaConf.to_container(cfg.adapter, resolve=True)
     name = hparams.pop("name", None)
     if name not in ADAPTERS:
@@ -36,33 +71,46 @@ def validate(cfg: DictConfig) -> None:
         ADAPTERS[name].config_cls(name=name, **hparams)
     except (TypeError, ValueError) as error:
         raise UserError(f"adapter={name}: {error}") from None
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject bad values and combinations in one line each, before anything is built."""
+    validate_adapter(cfg)
+    for point in grid_points(cfg):
+        for key in point:
+            if OmegaConf.select(cfg, key, default="<missing>") == "<missing>":
+                raise UserError(f"grid.{cfg.adapter.name}: {key} is not a config key")
+        if point:
+            validate_adapter(with_point(cfg, point))
+    protocol, trainer = cfg.protocol, cfg.trainer
     checks = [
         (cfg.sampling.mode in SAMPLING_MODES, f"sampling.mode={cfg.sampling.mode} must be one of {SAMPLING_MODES}"),
         (cfg.sampling.n >= 1, f"sampling.n={cfg.sampling.n} must be >= 1"),
         (cfg.dataset.beta > 0, f"dataset.beta={cfg.dataset.beta} must be positive (the KL weight is 1/beta)"),
         (cfg.dataset.num_classes >= 2, f"dataset.num_classes={cfg.dataset.num_classes} must be >= 2"),
         (cfg.dataset.group in VTAB_GROUPS, f"dataset.group={cfg.dataset.group} must be one of {VTAB_GROUPS}"),
+        (protocol.train_split in SPLITS, f"protocol.train_split={protocol.train_split} must be one of {SPLITS}"),
+        (protocol.val_split in (*SPLITS, None), f"protocol.val_split={protocol.val_split} must be in {SPLITS} or null"),
         (
-            cfg.protocol.train_split in SPLITS,
-            f"protocol.train_split={cfg.protocol.train_split} must be one of {SPLITS}",
+            protocol.retrain_split in (*SPLITS, None),
+            f"protocol.retrain_split={protocol.retrain_split} must be in {SPLITS} or null",
         ),
+        ("test" not in (protocol.train_split, protocol.val_split, protocol.retrain_split), "test data may only test"),
+        (protocol.select_metric in SELECT_METRICS, f"protocol.select_metric must be one of {SELECT_METRICS}"),
+        (protocol.patience >= 1, f"protocol.patience={protocol.patience} must be >= 1"),
         (
-            cfg.protocol.val_split in (*SPLITS, None),
-            f"protocol.val_split={cfg.protocol.val_split} must be one of {SPLITS} or null",
+            protocol.val_split is not None or len(grid_points(cfg)) == 1,
+            "a grid needs protocol.val_split to choose a point (or use grid=none)",
         ),
-        (cfg.protocol.patience >= 1, f"protocol.patience={cfg.protocol.patience} must be >= 1"),
-        (cfg.trainer.epochs >= 1, f"trainer.epochs={cfg.trainer.epochs} must be >= 1"),
-        (cfg.trainer.batch_size >= 1, f"trainer.batch_size={cfg.trainer.batch_size} must be >= 1"),
-        (cfg.trainer.eval_batch_size >= 1, f"trainer.eval_batch_size={cfg.trainer.eval_batch_size} must be >= 1"),
-        (cfg.trainer.lr > 0, f"trainer.lr={cfg.trainer.lr} must be positive"),
-        (cfg.trainer.weight_decay >= 0, f"trainer.weight_decay={cfg.trainer.weight_decay} must be >= 0"),
+        (trainer.epochs >= 1, f"trainer.epochs={trainer.epochs} must be >= 1"),
+        (trainer.batch_size >= 1, f"trainer.batch_size={trainer.batch_size} must be >= 1"),
+        (trainer.eval_batch_size >= 1, f"trainer.eval_batch_size={trainer.eval_batch_size} must be >= 1"),
+        (trainer.lr > 0, f"trainer.lr={trainer.lr} must be positive"),
+        (trainer.weight_decay >= 0, f"trainer.weight_decay={trainer.weight_decay} must be >= 0"),
+        (trainer.scheduler in ("constant", "cosine"), f"trainer.scheduler={trainer.scheduler} must be constant/cosine"),
         (
-            cfg.trainer.scheduler in ("constant", "cosine"),
-            f"trainer.scheduler={cfg.trainer.scheduler} must be constant or cosine",
-        ),
-        (
-            0 <= cfg.trainer.warmup_epochs < cfg.trainer.epochs,
-            f"trainer.warmup_epochs={cfg.trainer.warmup_epochs} must be in [0, trainer.epochs)",
+            0 <= trainer.warmup_epochs < trainer.epochs,
+            f"trainer.warmup_epochs={trainer.warmup_epochs} must be in [0, trainer.epochs)",
         ),
     ]
     for ok, message in checks:
@@ -85,12 +133,184 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     }
 
 
+def read_result(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class Checkpoint:
+    """The resumable state of a run, saved atomically beside its result and read back weights-only."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path = path
+        self.enabled = enabled
+
+    def load(self) -> dict:
+        if not self.enabled or not self.path.is_file():
+            return {}
+        try:
+            return torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as error:  # a truncated or foreign checkpoint restarts the run, never runs code
+            log.warning("checkpoint %s is unreadable (%s); starting over", self.path, type(error).__name__)
+            return {}
+
+    def save(self, state: dict) -> None:
+        if self.enabled:
+            temporary = self.path.with_name(f".{self.path.name}.tmp")
+            torch.save(state, temporary)
+            temporary.replace(self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class Session:
+    """The data, device and bookkeeping one run's stages share."""
+
+    def __init__(self, cfg: DictConfig, task_dir: Path, device: torch.device, spec: dict, logger) -> None:
+        self.cfg = cfg
+        self.task_dir = task_dir
+        self.device = device
+        self.spec = spec
+        self.logger = logger
+        self.runtime = Runtime(
+            device, Normalizer(spec["mean"], spec["std"]).to(device), cfg.trainer.bf16, cfg.trainer.progress
+        )
+        self.splits: dict[str, SplitData] = {}
+
+    def split(self, name: str) -> SplitData:
+        if name not in self.splits:
+            data = load_split(
+                self.task_dir,
+                name,
+                self.cfg.dataset.num_classes,
+                self.spec["size"],
+                self.spec["interpolation"],
+                self.cfg.data.decode_workers,
+                self.cfg.trainer.progress,
+                self.cfg.data.cache,
+            )
+            self.splits[name] = place_split(data, self.device)
+        return self.splits[name]
+
+    def model(self, cfg: DictConfig, weights: dict | None = None) -> nn.Module:
+        """The adapted model of a config, built from the run seed (so a rebuild is identical)."""
+        seed_everything(cfg.seed)
+        model = build_model(cfg).to(self.device)
+        if weights is not None:
+            model.load_state_dict(weights, strict=False)
+        if cfg.trainer.compile:
+            model.compile()
+        return model
+
+    def train(
+        self,
+        cfg: DictConfig,
+        model: nn.Module,
+        train: str,
+        val: str | None,
+        stage: str,
+        checkpoint: Checkpoint,
+        saved: dict,
+    ) -> FitResult:
+        """Fit one stage, checkpointing every epoch under ``stage`` and resuming from ``saved``."""
+
+        def on_epoch_end(record: dict, state) -> None:
+            self.logger.log({f"{stage}/{k}": v for k, v in record.items()})
+            checkpoint.save({**saved, "stage": stage, "fit": state()})
+
+        return fit(
+            model,
+            self.split(train),
+            self.split(val) if val else None,
+            self.runtime,
+            cfg.trainer,
+            cfg.protocol,
+            cfg.sampling,
+            adapter_lr=cfg.adapter.lr,
+            regularization_weight=1.0 / cfg.dataset.beta,
+            seed=cfg.seed,
+            resume=saved.get("fit") if saved.get("stage") == stage else None,
+            on_epoch_end=on_epoch_end,
+        )
+
+
+def is_better(candidate: dict, best: dict | None, metric: str) -> bool:
+    if best is None:
+        return True
+    if metric == "top1":
+        return (candidate["val_top1"], -candidate["val_nll"]) > (best["val_top1"], -best["val_nll"])
+    return candidate["val_nll"] < best["val_nll"]
+
+
+def select_and_train(session: Session, checkpoint: Checkpoint) -> tuple[nn.Module, FitResult, dict]:
+    """Train every grid point, choose on val, retrain the choice if the protocol says so."""
+    cfg, protocol = session.cfg, session.cfg.protocol
+    points = grid_points(cfg)
+    saved = checkpoint.load()
+    finished: list[dict] = saved.get("points", [])
+    search = len(points) > 1 or protocol.retrain_split is None
+    fitted: FitResult | None = None
+    for index, point in enumerate(points if search else []):
+        if index < len(finished):
+            continue
+        point_cfg = with_point(cfg, point)
+        log.info("grid point %d/%d %s", index + 1, len(points), point or "(the configured point)")
+        model = session.model(point_cfg)
+        fitted = session.train(
+            point_cfg,
+            model,
+            protocol.train_split,
+            protocol.val_split,
+            f"point{index}",
+            checkpoint,
+            {**saved, "points": finished},
+        )
+        record = {
+            "point": point,
+            "val_nll": fitted.val["nll"] if fitted.val else None,
+            "val_top1": fitted.val["top1"] if fitted.val else None,
+            "best_epoch": fitted.best_epoch,
+            "epochs_run": fitted.epochs_run,
+        }
+        best = next((r for r in finished if r.get("selected")), None)
+        if fitted.val is None or is_better(record, best, protocol.select_metric):
+            for r in finished:
+                r.pop("selected", None)
+            record["selected"] = True
+            saved["weights"] = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+            saved["fitted"] = asdict(fitted)
+        finished.append(record)
+        saved = {**saved, "points": finished, "stage": "selected", "fit": None}
+        checkpoint.save(saved)
+    chosen_index = next((i for i, r in enumerate(finished) if r.get("selected")), 0)
+    chosen = with_point(cfg, points[chosen_index])
+    if protocol.retrain_split is not None:
+        model = session.model(chosen)
+        fitted = session.train(
+            chosen, model, protocol.retrain_split, None, "retrain", checkpoint, {**saved, "points": finished}
+        )
+    else:
+        model = session.model(chosen, saved["weights"])
+        fitted = FitResult(**saved["fitted"])
+    selection = {"grid": finished, "grid_point": points[chosen_index] if finished else {}}
+    if finished:
+        selection.update(val_top1=finished[chosen_index]["val_top1"], val_nll=finished[chosen_index]["val_nll"])
+    return model, fitted, selection
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and test one configuration and write its result file; returns the result."""
     started = time.perf_counter()
     validate(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     path = result_path(Path(to_absolute_path(cfg.paths.results)), config)
+    previous = read_result(path)
+    if previous is not None and previous.get("status") == "success":
+        log.info("skipped: %s already has a successful result", path.name)
+        return previous
     record = {
         "status": "running",
         "adapter": cfg.adapter.name,
@@ -104,58 +324,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     device = resolve_device(cfg.trainer.device)
     task_dir = locate_task(Path(to_absolute_path(cfg.data.root)), cfg.dataset.name, OFFLINE_BUILDERS)
-    seed_everything(cfg.seed)
-    model = build_model(cfg).to(device)
-    spec = input_spec(model)
-
-    def split(name: str):
-        data = load_split(
-            task_dir,
-            name,
-            cfg.dataset.num_classes,
-            spec["size"],
-            spec["interpolation"],
-            cfg.data.decode_workers,
-            cfg.trainer.progress,
-        )
-        return place_split(data, device)
-
-    train = split(cfg.protocol.train_split)
-    val = split(cfg.protocol.val_split) if cfg.protocol.val_split else None
-    test = split("test")
-    if cfg.sampling.mode != "mean" and not is_stochastic(model):
-        log.warning(
-            "sampling.mode=%s has no effect on the deterministic adapter %s", cfg.sampling.mode, cfg.adapter.name
-        )
-    record.update(count_parameters(model))
-    log.info(
-        "%s on %s/%s: %d adapter + %d head parameters trainable, result -> %s",
-        cfg.adapter.name,
-        cfg.backbone.id,
-        cfg.dataset.name,
-        record["adapter_params"],
-        record["head_params"],
-        path,
-    )
-    if cfg.trainer.compile:
-        model.compile()
-    runtime = Runtime(device, Normalizer(spec["mean"], spec["std"]).to(device), cfg.trainer.bf16, cfg.trainer.progress)
+    spec = input_spec(create_backbone(cfg.backbone, cfg.dataset.num_classes))
+    logger = instantiate(cfg.logger) if cfg.logger else NullLogger()
+    session = Session(cfg, task_dir, device, spec, logger)
+    checkpoint = Checkpoint(path.with_suffix(".ckpt"), cfg.trainer.checkpoint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logger.start(path.stem, config)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    log.info("%s on %s/%s -> %s", cfg.adapter.name, cfg.backbone.id, cfg.dataset.name, path)
     try:
-        fitted = fit(
-            model,
-            train,
-            val,
-            runtime,
-            cfg.trainer,
-            cfg.protocol,
-            cfg.sampling,
-            adapter_lr=cfg.adapter.lr,
-            regularization_weight=1.0 / cfg.dataset.beta,
-            seed=cfg.seed,
-        )
-        test_metrics = evaluate(model, test, runtime, cfg.trainer.eval_batch_size, cfg.sampling)
+        model, fitted, selection = select_and_train(session, checkpoint)
+        test = evaluate(model, session.split("test"), session.runtime, cfg.trainer.eval_batch_size, cfg.sampling)
     except FloatingPointError as error:
         record.update(
             status="failed",
@@ -166,15 +346,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             **git_state(),
         )
         write_json(path, record)
+        logger.finish({"status": "failed"})
         raise UserError(f"run failed: {error} (recorded in {path})") from None
+    if cfg.sampling.mode != "mean" and not is_stochastic(model):
+        log.warning("sampling.mode=%s had no effect on the deterministic %s", cfg.sampling.mode, cfg.adapter.name)
     record.update(
         status="success",
-        test_top1=test_metrics["top1"],
-        test_nll=test_metrics["nll"],
-        test_ece=test_metrics["ece"],
-        val_top1=fitted.val["top1"] if fitted.val else None,
-        val_nll=fitted.val["nll"] if fitted.val else None,
-        **({"test_predictive_std": test_metrics["predictive_std"]} if "predictive_std" in test_metrics else {}),
+        test_top1=test["top1"],
+        test_nll=test["nll"],
+        test_ece=test["ece"],
+        val_top1=selection.get("val_top1"),
+        val_nll=selection.get("val_nll"),
+        **({"test_predictive_std": test["predictive_std"]} if "predictive_std" in test else {}),
+        **count_parameters(model),
+        grid_point=selection["grid_point"],
+        grid=selection["grid"],
         epochs_run=fitted.epochs_run,
         best_epoch=fitted.best_epoch,
         train_images_per_s=fitted.train_images_per_s,
@@ -187,6 +373,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         **git_state(),
     )
     write_json(path, record)
+    checkpoint.remove()
+    logger.finish({k: v for k, v in record.items() if isinstance(v, (int, float, str)) and v is not None})
     log.info(
         "%s %s: test top-1 %.4f (val %s) in %.1f s",
         cfg.adapter.name,

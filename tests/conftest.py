@@ -79,3 +79,13 @@ def perturb(model: torch.nn.Module, seed: int = 1) -> None:
     with torch.no_grad():
         for param in adapter_parameters(model).values():
             param.add_(0.1 * torch.randn(param.shape, generator=generator))
+
+
+@pytest.fixture(scope="session")
+def mock_root(tmp_path_factory) -> Path:
+    """A data.root with all 19 VTAB-1k tasks built by scripts/prepare_vtab.py from TFDS mock data."""
+    root = tmp_path_factory.mktemp("vtab_mock")
+    result = run_script("scripts/prepare_vtab.py", "all", "--mock", "--root", str(root), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.strip().splitlines()) == 19
+    return root

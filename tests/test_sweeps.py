@@ -1,0 +1,178 @@
+"""Sweeps and their robustness: Hydra launchers, skipping finished runs, resuming killed ones, selection."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from conftest import REPO, run_cli
+
+from pvera_bench import run as run_module
+from pvera_bench.run import run
+
+SMOKE = ("experiment=demo", "trainer=smoke", "grid=none")
+
+
+def results(folder: Path) -> dict[str, dict]:
+    return {str(p.relative_to(folder)): json.loads(p.read_text()) for p in sorted(folder.rglob("*.json"))}
+
+
+def test_joblib_sweep_writes_8_results_tables_and_a_rerun_skips_them_all(mock_root, tmp_path):
+    runs = tmp_path / "runs"
+    sweep = (
+        "-m",
+        *SMOKE,
+        "adapter=linear,lora",
+        "dataset=mnist5k,kitti",
+        "seed=0,1",
+        f"data.root={mock_root}",
+        f"paths.results={runs}",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+    )
+    first = run_cli(*sweep)
+    assert first.returncode == 0, first.stderr[-3000:]
+    written = results(runs)
+    assert len(written) == 8 and all(r["status"] == "success" for r in written.values())
+    assert {(r["adapter"], r["dataset"], r["seed"]) for r in written.values()} == {
+        (a, d, s) for a in ("linear", "lora") for d in ("mnist5k", "kitti") for s in (0, 1)
+    }
+    assert not list(runs.rglob("*.ckpt"))  # checkpoints go once the result is written
+    table = run_cli("--runs", str(runs), "--out", str(tmp_path / "tables"), module="pvera_bench.table")
+    assert table.returncode == 0, table.stderr
+    assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == [
+        "accuracy_vs_params.png",
+        "vtab1k.csv",
+        "vtab1k.md",
+        "vtab1k.tex",
+    ]
+    stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("*.json")}
+    second = run_cli(*sweep)
+    assert second.returncode == 0
+    assert (second.stdout + second.stderr).count("skipped:") == 8
+    assert results(runs) == written
+    assert {p: p.stat().st_mtime_ns for p in runs.rglob("*.json")} == stamps
+
+
+def test_submitit_local_launcher_runs_a_job(data_root, tmp_path):
+    result = run_cli(
+        "-m",
+        *SMOKE,
+        "adapter=linear",
+        f"data.root={data_root}",
+        f"paths.results={tmp_path / 'runs'}",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    [record] = results(tmp_path / "runs").values()
+    assert record["status"] == "success" and record["adapter"] == "linear"
+
+
+def test_run_killed_after_its_second_epoch_resumes_to_the_same_result(data_root, tmp_path):
+    args = [*SMOKE, "adapter=pvera", "trainer.epochs=8", f"data.root={data_root}"]
+    reference = run_cli(*args, f"paths.results={tmp_path / 'straight'}")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    resumed_dir = tmp_path / "resumed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    command = [sys.executable, "-m", "pvera_bench", *args, f"paths.results={resumed_dir}"]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    epoch = 0
+    while epoch < 2 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+        for checkpoint in resumed_dir.rglob("*.ckpt"):
+            try:
+                epoch = torch.load(checkpoint, weights_only=True)["fit"]["loop"]["epoch"]
+            except Exception:  # noqa: BLE001  (replaced while being read: try again)
+                pass
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert 2 <= epoch < 8, "the run was not caught mid-training"
+    assert not list(resumed_dir.rglob("*.json"))
+    again = run_cli(*args, f"paths.results={resumed_dir}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming after epoch" in again.stdout + again.stderr
+    [straight] = results(tmp_path / "straight").values()
+    [resumed] = results(resumed_dir).values()
+    assert resumed["test_top1"] == straight["test_top1"]
+    assert resumed["test_nll"] == straight["test_nll"]
+    assert [e["train_loss"] for e in resumed["history"]] == [e["train_loss"] for e in straight["history"]]
+
+
+def test_grid_is_searched_on_val_and_the_lowest_val_loss_is_tested(demo_config, monkeypatch):
+    requested = []
+    original = run_module.Session.split
+    monkeypatch.setattr(run_module.Session, "split", lambda self, name: requested.append(name) or original(self, name))
+    cfg = demo_config("adapter=lora", "grid=pvera")
+    cfg.grid = {"lora": {"adapter.r": [2, 4]}}
+    record = run(cfg)
+    assert [p["point"] for p in record["grid"]] == [{"adapter.r": 2}, {"adapter.r": 4}]
+    [chosen] = [p for p in record["grid"] if p.get("selected")]
+    assert chosen["val_nll"] == min(p["val_nll"] for p in record["grid"])
+    assert record["grid_point"] == chosen["point"] and record["val_nll"] == chosen["val_nll"]
+    assert record["adapter_params"] == 4 * 2 * chosen["point"]["adapter.r"] * (192 + 192)
+    assert requested[-1] == "test" and requested.count("test") == 1  # test data only at the very end
+
+
+def test_vtab_protocol_selects_on_val_then_retrains_on_train800val200(demo_config, monkeypatch):
+    requested = []
+    original = run_module.Session.split
+    monkeypatch.setattr(run_module.Session, "split", lambda self, name: requested.append(name) or original(self, name))
+    cfg = demo_config("adapter=vera", "protocol=vtab")
+    cfg.grid = {"vera": {"adapter.lr": [1e-2, 1e-4]}}
+    record = run(cfg)
+    assert len(record["grid"]) == 2
+    [chosen] = [p for p in record["grid"] if p.get("selected")]
+    assert chosen["val_top1"] == max(p["val_top1"] for p in record["grid"])
+    assert record["config"]["protocol"]["retrain_split"] == "train800val200"
+    assert record["epochs_run"] == record["best_epoch"] == 2
+    assert all("val_nll" not in epoch for epoch in record["history"])  # the retrain has no validation
+    assert requested.index("train800val200") > requested.index("val200")
+    assert requested[-1] == "test" and requested.count("test") == 1
+
+
+def test_wandb_logger_writes_an_offline_run(data_root, tmp_path):
+    # logger.mode beats the WANDB_MODE=disabled that the tests (and CI) run under
+    result = run_cli(
+        *SMOKE,
+        "adapter=linear",
+        "logger=wandb",
+        "logger.mode=offline",
+        f"logger.dir={tmp_path}",
+        f"data.root={data_root}",
+        f"paths.results={tmp_path / 'runs'}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    [run_dir] = (tmp_path / "wandb").glob("offline-run-*")
+    [log_file] = run_dir.glob("run-*.wandb")
+    assert log_file.stat().st_size > 0
+
+
+def test_wandb_logger_sends_config_epochs_and_summary(demo_config, monkeypatch):
+    calls = {"log": [], "summary": {}}
+
+    class FakeRun:
+        summary = calls["summary"]
+
+        def log(self, metrics):
+            calls["log"].append(metrics)
+
+        def finish(self):
+            calls["finished"] = True
+
+    fake = type(sys)("wandb")
+    fake.init = lambda **kwargs: calls.update(init=kwargs) or FakeRun()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    record = run(demo_config("adapter=linear", "logger=wandb", "logger.mode=offline"))
+    assert calls["init"]["mode"] == "offline" and calls["init"]["config"]["adapter"]["name"] == "linear"
+    assert [m["point0/epoch"] for m in calls["log"]] == [1, 2]
+    assert calls["summary"]["test_top1"] == record["test_top1"] and calls["finished"]

@@ -91,19 +91,20 @@ def test_label_out_of_range_names_file_and_line(task):
         load(task)
 
 
-def test_non_integer_label_and_malformed_line(task):
-    (task / "test.txt").write_text("images/test/000000.png cat\n")
-    with pytest.raises(UserError, match=r"test.txt:1: label 'cat' is not an integer$"):
-        load(task)
-    (task / "test.txt").write_text("images/test/000000.png\n")
-    with pytest.raises(UserError, match=r"test.txt:1: expected 'relative/path label', got 'images/test/000000.png'$"):
-        load(task)
-
-
-def test_path_leaving_the_task_folder(task):
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("images/test/000000.png cat\n", r"test.txt:1: label 'cat' is not an integer$"),
+        ("images/test/000000.png\n", r"test.txt:1: expected 'relative/path label', got 'images/test/000000.png'$"),
+        ("../secret.png 0\n", r"test.txt:1: path '../secret.png' leaves the task folder"),
+        ("\n", r"test.txt: the split is empty$"),
+    ],
+    ids=["non-integer-label", "line-without-label", "path-leaving-the-task-folder", "empty-split"],
+)
+def test_bad_split_file(task, content, message):
     (task.parent / "secret.png").write_bytes(b"x")
-    (task / "test.txt").write_text("../secret.png 0\n")
-    with pytest.raises(UserError, match=r"test.txt:1: path '../secret.png' leaves the task folder"):
+    (task / "test.txt").write_text(content)
+    with pytest.raises(UserError, match=message):
         load(task)
 
 
@@ -117,12 +118,6 @@ def test_split_with_the_wrong_count(task):
 def test_test_count_is_checked_against_the_manifest(task):
     (task / "manifest.json").write_text(json.dumps({"splits": {"test": {"count": 6}}}))
     with pytest.raises(UserError, match=r"test.txt: 5 images listed, manifest.json says 6$"):
-        load(task)
-
-
-def test_empty_split(task):
-    (task / "test.txt").write_text("\n")
-    with pytest.raises(UserError, match=r"test.txt: the split is empty$"):
         load(task)
 
 

@@ -108,3 +108,23 @@ def test_bad_adapter_value_fails_before_anything_is_built(demo_config):
     with pytest.raises(UserError, match=r"^adapter=lora: adapter.r must be >= 1, got 0$"):
         run(cfg)
     assert result_files(cfg) == []
+
+
+def test_bf16_autocast_runs_on_cpu_and_changes_the_numerics(demo_config):
+    fp32 = run(demo_config("adapter=pvera"))
+    bf16 = run(demo_config("adapter=pvera", "trainer.bf16=true"))
+    assert bf16["status"] == "success" and bf16["config"]["trainer"]["bf16"] is True
+    assert bf16["test_nll"] != fp32["test_nll"]
+    assert abs(bf16["test_nll"] - fp32["test_nll"]) < 0.2  # the same model, at lower precision
+
+
+def test_torch_compile_path_gives_the_eager_result(demo_config, tmp_path):
+    eager = run(demo_config("adapter=lora", "trainer.epochs=1"))
+    # its own results folder: compile is not part of a run's identity, so the eager result would be reused
+    compiled_dir = tmp_path / "compiled"
+    compiled = run(
+        demo_config("adapter=lora", "trainer.epochs=1", "trainer.compile=true", f"paths.results={compiled_dir}")
+    )
+    assert compiled["config"]["trainer"]["compile"] is True and len(list(compiled_dir.rglob("*.json"))) == 1
+    assert compiled["test_top1"] == pytest.approx(eager["test_top1"], abs=2e-3)
+    assert compiled["test_nll"] == pytest.approx(eager["test_nll"], rel=1e-3)

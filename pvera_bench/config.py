@@ -97,6 +97,7 @@ class TrainerConfig:
     warmup_epochs: int = 0
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
     checkpoint: bool = True  # save a resumable checkpoint after every epoch
+    cache_features: bool = True  # linear probe: compute the frozen backbone's features once per split
     bf16: bool = False  # bf16 autocast for forward passes
     compile: bool = False  # torch.compile the model
     progress: bool = True  # tqdm progress bars

@@ -31,6 +31,8 @@ from pvera_bench.engine import (
     FitResult,
     Normalizer,
     Runtime,
+    autocast,
+    batches,
     evaluate,
     fit,
     place_split,
@@ -205,6 +207,25 @@ class Session:
             model.compile()
         return model
 
+    def uses_features(self, model: nn.Module) -> bool:
+        """Whether only the head trains, so that the frozen backbone's features can be computed once."""
+        return self.cfg.trainer.cache_features and not adapter_parameters(model)
+
+    def data_for(self, model: nn.Module, name: str) -> tuple[nn.Module, SplitData, Runtime]:
+        """What to train or evaluate on a split: the model on images, or the head on cached features."""
+        if not self.uses_features(model):
+            return model, self.split(name), self.runtime
+        key = f"features:{name}"
+        if key not in self.splits:
+            self.splits[key] = backbone_features(
+                model, self.split(name), self.runtime, self.cfg.trainer.eval_batch_size
+            )
+        return HeadOnly(model.head), self.splits[key], self.feature_runtime
+
+    @property
+    def feature_runtime(self) -> Runtime:
+        return Runtime(self.device, nn.Identity(), self.cfg.trainer.bf16, self.cfg.trainer.progress)
+
     def train(
         self,
         cfg: DictConfig,
@@ -221,11 +242,12 @@ class Session:
             self.logger.log({f"{stage}/{k}": v for k, v in record.items()})
             checkpoint.save({**saved, "stage": stage, "fit": state()})
 
+        network, train_data, runtime = self.data_for(model, train)
         return fit(
-            model,
-            self.split(train),
-            self.split(val) if val else None,
-            self.runtime,
+            network,
+            train_data,
+            self.data_for(model, val)[1] if val else None,
+            runtime,
             cfg.trainer,
             cfg.protocol,
             cfg.sampling,
@@ -235,6 +257,34 @@ class Session:
             resume=saved.get("fit") if saved.get("stage") == stage else None,
             on_epoch_end=on_epoch_end,
         )
+
+    def evaluate(self, model: nn.Module, name: str) -> dict[str, float]:
+        network, data, runtime = self.data_for(model, name)
+        return evaluate(network, data, runtime, self.cfg.trainer.eval_batch_size, self.cfg.sampling)
+
+
+class HeadOnly(nn.Module):
+    """The classification head alone, trained on cached backbone features (its parameters stay ``head.*``)."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+
+@torch.no_grad()
+def backbone_features(model: nn.Module, data: SplitData, runtime: Runtime, batch_size: int) -> SplitData:
+    """The pre-logits features of a frozen timm model for every image of a split (float32)."""
+    model.eval()
+    features = []
+    for images, _ in batches(data, batch_size, runtime.device):
+        with autocast(runtime.device, runtime.bf16):
+            features.append(
+                model.forward_head(model.forward_features(runtime.normalize(images)), pre_logits=True).float()
+            )
+    return SplitData(torch.cat(features), data.labels)
 
 
 def is_better(candidate: dict, best: dict | None, metric: str) -> bool:
@@ -252,7 +302,6 @@ def select_and_train(session: Session, checkpoint: Checkpoint) -> tuple[nn.Modul
     saved = checkpoint.load()
     finished: list[dict] = saved.get("points", [])
     search = len(points) > 1 or protocol.retrain_split is None
-    fitted: FitResult | None = None
     for index, point in enumerate(points if search else []):
         if index < len(finished):
             continue
@@ -335,7 +384,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log.info("%s on %s/%s -> %s", cfg.adapter.name, cfg.backbone.id, cfg.dataset.name, path)
     try:
         model, fitted, selection = select_and_train(session, checkpoint)
-        test = evaluate(model, session.split("test"), session.runtime, cfg.trainer.eval_batch_size, cfg.sampling)
+        test = session.evaluate(model, "test")
     except FloatingPointError as error:
         record.update(
             status="failed",
@@ -359,6 +408,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         val_nll=selection.get("val_nll"),
         **({"test_predictive_std": test["predictive_std"]} if "predictive_std" in test else {}),
         **count_parameters(model),
+        features_cached=session.uses_features(model),
         grid_point=selection["grid_point"],
         grid=selection["grid"],
         epochs_run=fitted.epochs_run,

@@ -128,3 +128,16 @@ def test_torch_compile_path_gives_the_eager_result(demo_config, tmp_path):
     assert compiled["config"]["trainer"]["compile"] is True and len(list(compiled_dir.rglob("*.json"))) == 1
     assert compiled["test_top1"] == pytest.approx(eager["test_top1"], abs=2e-3)
     assert compiled["test_nll"] == pytest.approx(eager["test_nll"], rel=1e-3)
+
+
+def test_linear_probe_on_cached_features_matches_the_image_path(demo_config, tmp_path):
+    cached = run(demo_config("adapter=linear"))
+    direct = run(demo_config("adapter=linear", "trainer.cache_features=false", f"paths.results={tmp_path / 'direct'}"))
+    assert cached["features_cached"] is True and direct["features_cached"] is False
+    assert cached["test_top1"] == pytest.approx(direct["test_top1"], abs=1e-3)
+    assert cached["test_nll"] == pytest.approx(direct["test_nll"], rel=1e-4)
+    assert [e["train_loss"] for e in cached["history"]] == pytest.approx([e["train_loss"] for e in direct["history"]])
+
+
+def test_adapters_that_train_inside_the_backbone_never_use_cached_features(demo_config):
+    assert run(demo_config("adapter=lora"))["features_cached"] is False

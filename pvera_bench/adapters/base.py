@@ -9,7 +9,7 @@ how :func:`mark_trainable` decides what trains.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -129,8 +129,10 @@ def output_slices(path: str, layer: nn.Linear, qkv_slices: list[str] | None) -> 
 class SlicedUpdate(nn.Module):
     """Base of layers that add a per-slice update to a frozen Linear's output.
 
-    Subclasses compute ``delta(x)`` of shape ``(..., n_slices, slice_width)`` and the
-    equivalent weight update ``delta_weight()`` of shape ``(n_slices, slice_width, in)``.
+    Subclasses implement ``slice_updates(x)``, yielding ``(index, update)`` with ``update`` of
+    shape ``(..., slice_width)`` for the ``index``-th slice, and ``delta_weight()``, the
+    equivalent weight update of shape ``(n_slices, slice_width, in)``. Each update is added in
+    place into its rows of the base output: no zero blocks, no concatenation.
     """
 
     def __init__(self, base_layer: nn.Linear, slices: tuple[tuple[int, int], ...]) -> None:
@@ -144,14 +146,18 @@ class SlicedUpdate(nn.Module):
         self.in_features = base_layer.in_features
         self.out_features = base_layer.out_features
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
+    def slice_updates(self, x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
         raise NotImplementedError
 
     def delta_weight(self) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return add_to_slices(self.base_layer(x), self.delta(x), self.slices)
+        out = self.base_layer(x)  # F.linear does not keep its output for backward, so adding in place is safe
+        for index, update in self.slice_updates(x):
+            start, stop = self.slices[index]
+            out[..., start:stop] += update
+        return out
 
     def merged_layer(self) -> nn.Linear:
         """The base Linear with the update folded into its weight."""
@@ -161,16 +167,6 @@ class SlicedUpdate(nn.Module):
             for (start, stop), rows in zip(self.slices, update, strict=True):
                 layer.weight[start:stop] += rows
         return layer
-
-
-def add_to_slices(out: torch.Tensor, delta: torch.Tensor, slices: tuple[tuple[int, int], ...]) -> torch.Tensor:
-    """``out[..., start:stop] += delta[..., i, :]`` for every slice, without building zero blocks."""
-    if len(slices) == 1 and slices[0] == (0, out.shape[-1]):
-        return out + delta.squeeze(-2)
-    delta = delta.to(out.dtype)
-    for i, (start, stop) in enumerate(slices):
-        out[..., start:stop] += delta[..., i, :]
-    return out
 
 
 def mark_trainable(model: nn.Module, prefix: str | None) -> None:

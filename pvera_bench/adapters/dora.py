@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pvera_bench.adapters.base import add_to_slices, find_targets, register_adapter
+from pvera_bench.adapters.base import find_targets, register_adapter
 from pvera_bench.adapters.lora import LoraConfig, LoraLinear
 
 
@@ -33,25 +33,28 @@ class DoraLinear(LoraLinear):
             norms = torch.stack([base_layer.weight[start:stop].norm(dim=1) for start, stop in slices])
         self.lora_magnitude = nn.Parameter(norms.float())
 
-    def slice_weights(self) -> torch.Tensor:
-        """The frozen rows of every adapted slice, ``(n_slices, width, in)``."""
-        return torch.stack([self.base_layer.weight[start:stop] for start, stop in self.slices])
-
     def magnitude_scale(self) -> torch.Tensor:
-        """``m / ||W + ΔW||`` per slice and row; the norm is detached as in the paper."""
-        norm = (self.slice_weights() + super().delta_weight()).norm(dim=-1).detach()
-        return self.lora_magnitude / norm
+        """``m / ||W + ΔW||`` per slice and output row, ``(n_slices, width)``; the norm is detached (paper §4.3)."""
+        weights = self.base_layer.weight
+        update = super().delta_weight()
+        norms = torch.stack(
+            [(weights[start:stop] + update[i]).norm(dim=1) for i, (start, stop) in enumerate(self.slices)]
+        )
+        return self.lora_magnitude / norms.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.base_layer.weight)  # without bias: the scale applies to W x + ΔW x only
+        h = self.down(x)
         scale = self.magnitude_scale().to(out.dtype)
-        lora = super().delta(x)
-        frozen = torch.stack([out[..., start:stop] for start, stop in self.slices], dim=-2)
-        out = add_to_slices(out, (scale - 1) * frozen + scale * lora, self.slices)
-        return out if self.base_layer.bias is None else out + self.base_layer.bias
+        for i, (start, stop) in enumerate(self.slices):
+            lora = F.linear(h[..., i * self.r : (i + 1) * self.r], self.lora_B[i])
+            out[..., start:stop] = (out[..., start:stop] + lora) * scale[i]
+        if self.base_layer.bias is not None:
+            out += self.base_layer.bias
+        return out
 
     def delta_weight(self) -> torch.Tensor:
-        weights = self.slice_weights()
+        weights = torch.stack([self.base_layer.weight[start:stop] for start, stop in self.slices])
         return self.magnitude_scale().unsqueeze(-1) * (weights + super().delta_weight()) - weights
 
 

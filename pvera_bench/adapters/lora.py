@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -50,10 +51,14 @@ class LoraLinear(SlicedUpdate):
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.linear(self.lora_dropout(x), self.lora_A.flatten(0, 1))  # all slices' down-projections at once
-        h = h.unflatten(-1, (len(self.slices), self.r))
-        return torch.stack([F.linear(h[..., i, :], b) for i, b in enumerate(self.lora_B)], dim=-2) * self.scaling
+    def down(self, x: torch.Tensor) -> torch.Tensor:
+        """``(alpha / r) · A x`` for all slices at once, ``(..., n_slices · r)``: one matmul, scaled at rank r."""
+        return F.linear(self.lora_dropout(x), self.lora_A.flatten(0, 1)) * self.scaling
+
+    def slice_updates(self, x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+        h = self.down(x)
+        for i, b in enumerate(self.lora_B):
+            yield i, F.linear(h[..., i * self.r : (i + 1) * self.r], b)
 
     def delta_weight(self) -> torch.Tensor:
         return torch.matmul(self.lora_B, self.lora_A) * self.scaling

@@ -11,6 +11,7 @@ when predictions are averaged over N passes (``mc``). The update is ``b ⊙ B z`
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -36,23 +37,30 @@ class PveraLinear(VeraLinear):
         self.sample_mode = "mean"  # eval-time latent; training always samples
         self.regularization: torch.Tensor | None = None  # KL of the last training forward
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        r = self.r
-        a = self.projection_a()
+    def slice_updates(self, x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+        r, n = self.r, len(self.slices)
+        a, b_matrix = self.projection_a(), self.projection_b()
         if not self.training and self.sample_mode == "mean":
-            z = F.linear(x, a[:r]).unsqueeze(-2) * self.lambda_d[:, :r]  # the log-variance half is not needed
-        else:
-            mu, logvar = (F.linear(x, a).unsqueeze(-2) * self.lambda_d).split(r, dim=-1)
-            std = torch.exp(0.5 * logvar)
-            if self.training or self.sample_mode == "random":
-                z = mu + torch.randn_like(mu) * std
-            elif self.sample_mode == "fixed":
-                z = mu + std
-            else:
-                raise ValueError(f"unknown sample_mode {self.sample_mode!r}; expected one of {LAYER_SAMPLE_MODES}")
+            h = F.linear(x, a[:r])  # the log-variance half is not needed
+            for i in range(n):
+                yield i, F.linear(h * self.lambda_d[i, :r], b_matrix) * self.lambda_b[i]
+            return
+        if self.sample_mode not in LAYER_SAMPLE_MODES:
+            raise ValueError(f"unknown sample_mode {self.sample_mode!r}; expected one of {LAYER_SAMPLE_MODES}")
+        h = F.linear(x, a)  # [mu; log-variance] projections of every slice come from this one product
+        sample = self.training or self.sample_mode == "random"
+        noise = torch.randn((*h.shape[:-1], n, r), device=h.device, dtype=h.dtype) if sample else None
+        divergences = []
+        for i in range(n):
+            mu, logvar = (h * self.lambda_d[i]).split(r, dim=-1)
+            variance = logvar.exp()
+            std = variance.sqrt()
+            z = torch.addcmul(mu, noise[..., i, :], std) if sample else mu + std
             if self.training:
-                self.regularization = -0.5 * torch.mean(1 + logvar - mu.square() - std.square())
-        return F.linear(z, self.projection_b()) * self.lambda_b
+                divergences.append(-0.5 * torch.mean(1 + logvar - mu.square() - variance))
+            yield i, F.linear(z, b_matrix) * self.lambda_b[i]
+        if divergences:
+            self.regularization = torch.stack(divergences).mean()
 
     def delta_weight(self) -> torch.Tensor:
         """The update of the mean latent (sample_mode ``mean``), the only linear one."""

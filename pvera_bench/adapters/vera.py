@@ -8,6 +8,7 @@ the layer is unchanged at initialisation.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -82,9 +83,11 @@ class VeraLinear(SlicedUpdate):
     def projection_b(self) -> torch.Tensor:
         return getattr(self, f"{self.prefix}projections").B[: self.slice_width]
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
+    def slice_updates(self, x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
         h = F.linear(x, self.projection_a())  # A x once, shared by every slice
-        return F.linear(h.unsqueeze(-2) * self.lambda_d, self.projection_b()) * self.lambda_b
+        b_matrix = self.projection_b()
+        for i in range(len(self.slices)):
+            yield i, F.linear(h * self.lambda_d[i], b_matrix) * self.lambda_b[i]
 
     def delta_weight(self) -> torch.Tensor:
         return self.lambda_b.unsqueeze(-1) * torch.matmul(

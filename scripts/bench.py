@@ -1,0 +1,228 @@
+#!/usr/bin/env python
+"""Adapter cost benchmark: ``python scripts/bench.py [--backbone NAME] [--batch-size 8] [--dtypes fp32 bf16]``.
+
+For one backbone (random weights: nothing is downloaded), resolution, batch size and dtype,
+measures per adapter, after warm-up and interleaved with the reference it is compared to:
+
+- train-step and eval images/s, peak memory (CUDA) or peak RSS growth (CPU);
+- ``step_over_floor``: train step time / the floor, the frozen backbone's forward plus the
+  backward pass to its input, with no adapter;
+- ``flops_over_floor``: the same ratio in FLOPs (``torch.utils.flop_counter.FlopCounterMode``);
+- ``merged_eval_over_bare``: eval time with the adapter merged / eval time of the bare backbone;
+- ``over_peft``: our train step time / PEFT's, same adapter, rank and layers (the whole fused
+  ``attn.qkv``, which is what PEFT can target in a timm ViT) on the same model.
+
+Writes ``results/bench/<name>.json`` and ``results/bench/<name>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from pvera_bench.adapters import ADAPTERS, apply_adapter, merge_adapter, regularization_loss
+from pvera_bench.results import git_state, package_versions
+
+MERGEABLE = ("lora", "dora", "vera", "pvera", "ia3")
+PEFT_CONFIGS = {  # adapter -> (PEFT config class name, its kwargs, our hyperparameters on the same layers)
+    "lora": ("LoraConfig", {"r": 8, "lora_alpha": 8, "target_modules": ["qkv"]}, {"r": 8, "qkv_slices": None}),
+    "dora": (
+        "LoraConfig",
+        {"r": 8, "lora_alpha": 8, "target_modules": ["qkv"], "use_dora": True},
+        {"r": 8, "qkv_slices": None},
+    ),
+    "vera": ("VeraConfig", {"r": 256, "target_modules": ["qkv"]}, {"r": 256, "qkv_slices": None}),
+    "pvera": ("PveraConfig", {"r": 256, "target_modules": ["qkv"]}, {"r": 256, "qkv_slices": None}),
+    "ia3": ("IA3Config", {"target_modules": ["qkv", "fc2"], "feedforward_modules": ["fc2"]}, {"qkv_slices": None}),
+}
+
+
+def make_backbone(name: str, img_size: int, classes: int = 100) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=classes, img_size=img_size)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+class Workload:
+    """One measured step: training (forward, loss, backward, optimiser) or evaluation."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        dtype: str,
+        train: bool,
+        floor: bool = False,
+    ) -> None:
+        self.model, self.images, self.labels, self.train, self.floor = model, images, labels, train, floor
+        self.bf16 = dtype == "bf16"
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=1e-4) if train and params and not floor else None
+        model.train(train)
+
+    def __call__(self) -> None:
+        images = self.images.requires_grad_(True) if self.floor else self.images
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            if not self.train:
+                with torch.no_grad():
+                    self.model(images)
+                return
+            logits = self.model(images)
+        if self.floor:
+            logits.float().sum().backward(inputs=[images])  # the pass every adapter must at least pay
+            images.grad = None
+            return
+        loss = F.cross_entropy(logits.float(), self.labels)
+        regularization = regularization_loss(self.model)
+        if regularization is not None:
+            loss = loss + 1e-6 * regularization
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def flops(step: Callable[[], None]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def paired_medians(a: Callable[[], None], b: Callable[[], None], iters: int, warmup: int) -> tuple[float, float]:
+    """Median times of ``a`` and ``b``, run alternately so that machine drift hits both alike."""
+    for _ in range(warmup):
+        a(), b()
+    times_a, times_b = [], []
+    for _ in range(iters):
+        for step, times in ((a, times_a), (b, times_b)):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times_a), statistics.median(times_b)
+
+
+def peft_model(bare: torch.nn.Module, adapter: str) -> torch.nn.Module:
+    import peft
+
+    class_name, kwargs, _ = PEFT_CONFIGS[adapter]
+    return peft.get_peft_model(copy.deepcopy(bare), getattr(peft, class_name)(**kwargs))
+
+
+def bench_dtype(args, dtype: str) -> list[dict]:
+    bare = make_backbone(args.backbone, args.img_size)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, generator=generator)
+    labels = torch.randint(0, 100, (args.batch_size,), generator=generator)
+    floor = Workload(bare, images.clone(), labels, dtype, train=True, floor=True)
+    bare_eval = Workload(bare, images, labels, dtype, train=False)
+    floor_flops = flops(floor)
+    rows = []
+    for name in args.adapters:
+        hparams = {"r": 8} if name in ("lora", "dora") else {}
+        model = apply_adapter(copy.deepcopy(bare), name, **hparams)
+        step = Workload(model, images, labels, dtype, train=True)
+        step_time, floor_time = paired_medians(step, floor, args.iters, args.warmup)
+        row = {
+            "adapter": name,
+            "dtype": dtype,
+            "step_s": step_time,
+            "floor_s": floor_time,
+            "train_images_per_s": args.batch_size / step_time,
+            "step_over_floor": step_time / floor_time,
+            "flops_over_floor": flops(step) / floor_flops,
+        }
+        eval_step = Workload(model, images, labels, dtype, train=False)
+        eval_time, bare_time = paired_medians(eval_step, bare_eval, args.iters, args.warmup)
+        row["eval_images_per_s"] = args.batch_size / eval_time
+        if name in MERGEABLE:
+            merged = Workload(merge_adapter(model.eval()), images, labels, dtype, train=False)
+            merged_time, bare_time = paired_medians(merged, bare_eval, args.iters, args.warmup)
+            row["merged_eval_over_bare"] = merged_time / bare_time
+        if name in PEFT_CONFIGS and not args.no_peft:
+            ours = apply_adapter(copy.deepcopy(bare), name, **PEFT_CONFIGS[name][2])
+            ours_step = Workload(ours, images, labels, dtype, train=True)
+            theirs = Workload(peft_model(bare, name), images, labels, dtype, train=True)
+            ours_time, peft_time = paired_medians(ours_step, theirs, args.iters, args.warmup)
+            row.update(ours_fused_qkv_s=ours_time, peft_fused_qkv_s=peft_time, over_peft=ours_time / peft_time)
+            del ours, theirs, ours_step
+        rows.append(row)
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+        del model, step, eval_step
+        gc.collect()
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    columns = [
+        "adapter",
+        "dtype",
+        "train_images_per_s",
+        "eval_images_per_s",
+        "step_over_floor",
+        "flops_over_floor",
+        "step/flops",
+        "merged_eval_over_bare",
+        "over_peft",
+    ]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        row = {**row, "step/flops": row["step_over_floor"] / row["flops_over_floor"]}
+        lines.append(
+            "| "
+            + " | ".join(f"{row[c]:.3f}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="vit_base_patch16_224")
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--adapters", nargs="+", default=sorted(ADAPTERS), choices=sorted(ADAPTERS))
+    parser.add_argument("--iters", type=int, default=5, help="timed steps per measurement (median)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--no-peft", action="store_true", help="skip the PEFT comparison")
+    parser.add_argument("--name", default=None, help="output name (default: <backbone>-<img>-b<batch>-<device>)")
+    parser.add_argument("--out", type=Path, default=Path("results/bench"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = [row for dtype in args.dtypes for row in bench_dtype(args, dtype)]
+    name = args.name or f"{args.backbone}-{args.img_size}-b{args.batch_size}-cpu"
+    meta = {
+        "backbone": args.backbone,
+        "img_size": args.img_size,
+        "batch_size": args.batch_size,
+        "iters": args.iters,
+        "warmup": args.warmup,
+        "threads": args.threads,
+        "device": "cpu",
+        "machine": platform.processor() or platform.machine(),
+        "versions": package_versions(),
+        **git_state(),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{name}.json").write_text(json.dumps({"settings": meta, "rows": rows}, indent=2) + "\n")
+    (args.out / f"{name}.md").write_text(markdown(rows) + "\n")
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -50,9 +50,13 @@ def test_adapted_model_equals_frozen_backbone_at_init(name, images):
         torch.testing.assert_close(adapted(images), backbone(images), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("slices", [None, "default"], ids=["whole-fused-qkv", "default-slices"])
 @pytest.mark.parametrize("name", MERGEABLE)
-def test_merged_equals_unmerged(name, images):
-    model = apply_adapter(tiny_vit(), name)
+def test_merged_equals_unmerged(name, slices, images):
+    model = apply_adapter(tiny_vit(), name, **({"qkv_slices": None} if slices is None else {}))
+    model.train()
+    model(images).square().sum().backward()  # the training path runs too
+    assert all(p.grad is not None for p in adapter_parameters(model).values())
     perturb(model)
     model.eval()
     with torch.no_grad():

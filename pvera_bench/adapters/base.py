@@ -156,7 +156,7 @@ class SlicedUpdate(nn.Module):
         out = self.base_layer(x)  # F.linear does not keep its output for backward, so adding in place is safe
         for index, update in self.slice_updates(x):
             start, stop = self.slices[index]
-            out[..., start:stop] += update
+            out[..., start:stop].add_(update)
         return out
 
     def merged_layer(self) -> nn.Linear:

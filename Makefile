@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev demo demo-sampling test lint table clean
+.PHONY: help install install-dev demo demo-sampling test lint table bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ lint: install-dev  ## ruff lint and format check
 
 table: install  ## results/runs/**.json -> tables
 	$(PY) -m pvera_bench.table
+
+bench: install-dev  ## adapter cost benchmark on ViT-B/16 (CPU: about 40 min) -> results/bench/
+	$(PY) scripts/bench.py
 
 clean:  ## remove the environment and generated outputs (never data/ or results/)
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache

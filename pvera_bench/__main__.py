@@ -21,7 +21,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     try:
-        return run(cfg)["test_top1"]
+        return run(cfg).get("test_top1")
     except UserError as error:
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # the sweep goes on; Hydra re-raises at its end
             log.error("%s", error)

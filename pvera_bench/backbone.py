@@ -40,6 +40,11 @@ def create_backbone(config: BackboneConfig, num_classes: int) -> nn.Module:
     except RuntimeError as error:
         if "Unknown model" in str(error):
             raise UserError(f"backbone.name={config.name}: timm has no such model (see timm.list_models())") from error
+        if overlay is not None and "weights_only" in str(error):
+            raise UserError(
+                f"backbone.weights={config.weights} holds pickled objects other than tensors; refusing to unpickle "
+                "it (save the state dict with safetensors, or with torch.save of plain tensors)"
+            ) from None
         if overlay is not None:
             first_line = str(error).splitlines()[0]
             raise UserError(f"backbone.weights={config.weights} does not fit {config.name}: {first_line}") from error

@@ -98,6 +98,7 @@ class TrainerConfig:
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
     checkpoint: bool = True  # save a resumable checkpoint after every epoch
     cache_features: bool = True  # linear probe: compute the frozen backbone's features once per split
+    merge_for_test: bool = True  # test with the adapter folded into the weights (LoRA, DoRA, VeRA, IA3, PVeRA mean)
     bf16: bool = False  # bf16 autocast for forward passes
     compile: bool = False  # torch.compile the model
     progress: bool = True  # tqdm progress bars

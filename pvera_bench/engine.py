@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,13 @@ from pvera_bench.data import SplitData
 log = logging.getLogger(__name__)
 
 ECE_BINS = 15
+STOP_REQUESTED = threading.Event()  # set by the SIGTERM handler of pvera_bench.run: stop at the next batch
+
+
+class Preempted(Exception):
+    """Training stopped on request (SIGTERM); the last epoch's checkpoint is the state to resume from."""
+
+
 RESIDENT_LIMIT_BYTES = 2 << 30  # splits up to this size live on the GPU; larger ones stream from pinned memory
 
 
@@ -134,25 +142,31 @@ def train_one_epoch(
     generator: torch.Generator,
     regularization_weight: float,
 ) -> float:
-    """One pass over ``data``; returns the mean training loss."""
+    """One pass over ``data``; returns the mean training loss.
+
+    The loss stays on the device until the end of the epoch (no host synchronisation per step);
+    a non-finite epoch loss raises ``FloatingPointError``.
+    """
     model.train()
-    total, count = 0.0, 0
+    total = torch.zeros((), device=runtime.device)
     for images, labels in batches(data, batch_size, runtime.device, generator):
+        if STOP_REQUESTED.is_set():
+            raise Preempted
         with autocast(runtime.device, runtime.bf16):
             logits = model(runtime.normalize(images))
         loss = F.cross_entropy(logits.float(), labels)
         regularization = regularization_loss(model)
         if regularization is not None:
             loss = loss + regularization_weight * regularization.float()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss.item()}; lower trainer.lr or check the data")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        total += loss.item() * len(labels)
-        count += len(labels)
-    return total / count
+        total += loss.detach() * len(labels)
+    mean = total.item() / len(data)
+    if not math.isfinite(mean):
+        raise FloatingPointError(f"training loss is {mean}; lower trainer.lr or check the data")
+    return mean
 
 
 @torch.no_grad()

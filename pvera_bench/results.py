@@ -19,7 +19,7 @@ NON_IDENTITY_KEYS = {
     "data": None,
     "paths": None,
     "logger": None,
-    "trainer": ("device", "progress", "compile", "eval_batch_size", "checkpoint"),
+    "trainer": ("device", "progress", "compile", "eval_batch_size", "checkpoint", "merge_for_test"),
 }
 
 
@@ -54,10 +54,14 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write through a temporary file in the same folder and rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
-        json.dump(payload, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
+        try:
+            json.dump(payload, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        except BaseException:
+            os.unlink(f.name)  # a failed write (full disk, bad value) leaves the previous file untouched
+            raise
     os.replace(f.name, path)
 
 

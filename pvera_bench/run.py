@@ -8,10 +8,17 @@ the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import itertools
 import json
 import logging
+import shutil
+import signal
+import sys
+import tempfile
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,14 +29,24 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from pvera_bench.adapters import ADAPTERS, adapter_parameters, apply_adapter, head_parameters, is_stochastic
+from pvera_bench.adapters import (
+    ADAPTERS,
+    adapter_parameters,
+    apply_adapter,
+    head_parameters,
+    is_mergeable,
+    is_stochastic,
+    merge_adapter,
+)
 from pvera_bench.backbone import create_backbone, input_spec
 from pvera_bench.config import SAMPLING_MODES, VTAB_GROUPS
 from pvera_bench.data import SPLITS, SplitData, load_split, locate_task
 from pvera_bench.data.mnist5k import build_mnist5k
 from pvera_bench.engine import (
+    STOP_REQUESTED,
     FitResult,
     Normalizer,
+    Preempted,
     Runtime,
     autocast,
     batches,
@@ -46,6 +63,9 @@ from pvera_bench.results import git_state, package_versions, result_path, write_
 log = logging.getLogger(__name__)
 
 OFFLINE_BUILDERS = {"mnist5k": build_mnist5k}  # tasks that need no download
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, the status a scheduler expects from a terminated job
+LOGGER_MODULE = "pvera_bench.loggers."
+MIN_FREE_BYTES = 256 << 20  # a results folder with less free space fails before training
 SELECT_METRICS = ("nll", "top1")
 
 
@@ -84,6 +104,12 @@ def validate(cfg: DictConfig) -> None:
                 raise UserError(f"grid.{cfg.adapter.name}: {key} is not a config key")
         if point:
             validate_adapter(with_point(cfg, point))
+    logger_target = (cfg.logger or {}).get("_target_", "pvera_bench.loggers.NullLogger")
+    if not str(logger_target).startswith(LOGGER_MODULE):
+        raise UserError(
+            f"logger._target_={logger_target} is not a class of {LOGGER_MODULE}: configs are data, and only "
+            "pvera_bench's own loggers are instantiated from them"
+        )
     protocol, trainer = cfg.protocol, cfg.trainer
     checks = [
         (cfg.sampling.mode in SAMPLING_MODES, f"sampling.mode={cfg.sampling.mode} must be one of {SAMPLING_MODES}"),
@@ -133,6 +159,52 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
         "head_params": sum(p.numel() for p in head_parameters(model).values()),
         "total_params": sum(p.numel() for p in model.parameters()),
     }
+
+
+def ensure_writable(folder: Path) -> None:
+    """Fail now, not after hours of training, if results cannot be written there."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        reason = error.strerror or error
+        raise UserError(f"paths.results: cannot write to {folder} ({reason}); choose another folder") from None
+    free = shutil.disk_usage(folder).free
+    if free < MIN_FREE_BYTES:
+        raise UserError(
+            f"paths.results: only {free >> 20} MiB free in {folder}; free some space or choose another folder"
+        )
+
+
+@contextlib.contextmanager
+def exclusive(path: Path):
+    """Hold ``<result>.lock`` for the run; yields False when another process holds it (the same run is under way)."""
+    with open(path.with_suffix(".lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """SIGTERM (e.g. SLURM preemption) stops training at the next batch instead of killing the process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    STOP_REQUESTED.clear()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: STOP_REQUESTED.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        STOP_REQUESTED.clear()
 
 
 def read_result(path: Path) -> dict | None:
@@ -262,6 +334,14 @@ class Session:
         network, data, runtime = self.data_for(model, name)
         return evaluate(network, data, runtime, self.cfg.trainer.eval_batch_size, self.cfg.sampling)
 
+    def test(self, model: nn.Module) -> dict[str, float]:
+        """Test metrics; mergeable adapters are folded into a copy of the weights first (same predictions, no
+        adapter cost), unless PVeRA is asked to sample at test time."""
+        samples = self.cfg.sampling.mode != "mean" and is_stochastic(model)
+        if self.cfg.trainer.merge_for_test and not samples and not self.cfg.trainer.compile and is_mergeable(model):
+            model = merge_adapter(copy.deepcopy(model).eval())
+        return self.evaluate(model, "test")
+
 
 class HeadOnly(nn.Module):
     """The classification head alone, trained on cached backbone features (its parameters stay ``head.*``)."""
@@ -373,28 +453,45 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     device = resolve_device(cfg.trainer.device)
     task_dir = locate_task(Path(to_absolute_path(cfg.data.root)), cfg.dataset.name, OFFLINE_BUILDERS)
-    spec = input_spec(create_backbone(cfg.backbone, cfg.dataset.num_classes))
-    logger = instantiate(cfg.logger) if cfg.logger else NullLogger()
-    session = Session(cfg, task_dir, device, spec, logger)
+    ensure_writable(path.parent)
+    try:
+        spec = input_spec(build_model(cfg))  # also checks the adapter against the backbone's layers
+    except ValueError as error:
+        raise UserError(f"adapter={cfg.adapter.name}: {error}") from None
+    with exclusive(path) as owner:
+        if not owner:
+            log.warning("skipped: another process is running %s (it holds %s)", path.name, path.with_suffix(".lock"))
+            return {**record, "status": "running elsewhere"}
+        logger = instantiate(cfg.logger) if cfg.logger else NullLogger()
+        return execute(Session(cfg, task_dir, device, spec, logger), record, config, path, started)
+
+
+def execute(session: Session, record: dict, config: dict, path: Path, started: float) -> dict:
+    """Train, test and write the result of a run whose lock is held."""
+    cfg, device, logger = session.cfg, session.device, session.logger
     checkpoint = Checkpoint(path.with_suffix(".ckpt"), cfg.trainer.checkpoint)
-    path.parent.mkdir(parents=True, exist_ok=True)
     logger.start(path.stem, config)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     log.info("%s on %s/%s -> %s", cfg.adapter.name, cfg.backbone.id, cfg.dataset.name, path)
+    provenance = {"config": config, "versions": package_versions(), **git_state()}
     try:
-        model, fitted, selection = select_and_train(session, checkpoint)
-        test = session.evaluate(model, "test")
-    except FloatingPointError as error:
-        record.update(
-            status="failed",
-            error=str(error),
-            wall_s=time.perf_counter() - started,
-            config=config,
-            versions=package_versions(),
-            **git_state(),
+        with stop_on_sigterm():
+            training_started = time.perf_counter()
+            model, fitted, selection = select_and_train(session, checkpoint)
+            train_wall_s = time.perf_counter() - training_started
+            test = session.test(model)
+    except Preempted:
+        logger.finish({"status": "preempted"})
+        saved = checkpoint.path if checkpoint.path.is_file() else "none yet, the run will restart"
+        print(
+            f"preempted: stopped on SIGTERM; checkpoint: {saved}; run the same command again to resume", file=sys.stderr
         )
+        raise SystemExit(PREEMPTED_EXIT_CODE) from None
+    except FloatingPointError as error:
+        record.update(status="failed", error=str(error), wall_s=time.perf_counter() - started, **provenance)
         write_json(path, record)
+        checkpoint.remove()
         logger.finish({"status": "failed"})
         raise UserError(f"run failed: {error} (recorded in {path})") from None
     if cfg.sampling.mode != "mean" and not is_stochastic(model):
@@ -416,11 +513,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         train_images_per_s=fitted.train_images_per_s,
         peak_memory_mb=(torch.cuda.max_memory_allocated(device) / 2**20) if device.type == "cuda" else None,
         device=str(device),
+        train_wall_s=train_wall_s,
         wall_s=time.perf_counter() - started,
         history=fitted.history,
-        config=config,
-        versions=package_versions(),
-        **git_state(),
+        **provenance,
     )
     write_json(path, record)
     checkpoint.remove()

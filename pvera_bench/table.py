@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from pvera_bench.results import NON_IDENTITY_KEYS
+
 # (result folder name, dataset option, short label) in the usual column order
 TASKS = {
     "natural": [
@@ -76,7 +78,7 @@ def variant_of(record: dict) -> str:
     """Six hex digits of everything that defines a method but the task, seed and run-time settings."""
     config = record.get("config", {})
     defining = {k: config.get(k) for k in ("adapter", "grid", "protocol", "sampling", "trainer", "backbone")}
-    for key in ("device", "progress", "compile", "eval_batch_size", "checkpoint"):
+    for key in NON_IDENTITY_KEYS["trainer"]:
         (defining.get("trainer") or {}).pop(key, None)
     return hashlib.sha256(json.dumps(defining, sort_keys=True, default=str).encode()).hexdigest()[:6]
 

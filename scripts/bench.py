@@ -10,7 +10,9 @@ measures per adapter, after warm-up and interleaved with the reference it is com
 - ``flops_over_floor``: the same ratio in FLOPs (``torch.utils.flop_counter.FlopCounterMode``);
 - ``merged_eval_over_bare``: eval time with the adapter merged / eval time of the bare backbone;
 - ``over_peft``: our train step time / PEFT's, same adapter, rank and layers (the whole fused
-  ``attn.qkv``, which is what PEFT can target in a timm ViT) on the same model.
+  ``attn.qkv``, which is what PEFT can target in a timm ViT) on the same model;
+- ``over_peft_qv``: the same for the papers' targets (q and v; k and v for IA3): ours on the fused
+  qkv, PEFT on the same weights split into q, k, v Linears (``pvera_bench.peft_compat``).
 
 Writes ``results/bench/<name>.json`` and ``results/bench/<name>.md``.
 """
@@ -33,6 +35,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from pvera_bench.adapters import ADAPTERS, apply_adapter, merge_adapter, regularization_loss
+from pvera_bench.peft_compat import split_qkv
 from pvera_bench.results import git_state, package_versions
 
 MERGEABLE = ("lora", "dora", "vera", "pvera", "ia3")
@@ -115,11 +118,18 @@ def paired_medians(a: Callable[[], None], b: Callable[[], None], iters: int, war
     return statistics.median(times_a), statistics.median(times_b)
 
 
-def peft_model(bare: torch.nn.Module, adapter: str) -> torch.nn.Module:
+def peft_model(bare: torch.nn.Module, adapter: str, qv: bool = False) -> torch.nn.Module:
+    """PEFT's adapter on the whole fused qkv, or (``qv``) on q and v of a split copy, as the papers adapt."""
     import peft
 
     class_name, kwargs, _ = PEFT_CONFIGS[adapter]
-    return peft.get_peft_model(copy.deepcopy(bare), getattr(peft, class_name)(**kwargs))
+    if not qv:
+        return peft.get_peft_model(copy.deepcopy(bare), getattr(peft, class_name)(**kwargs))
+    slices = r"(k|v)" if adapter == "ia3" else r"(q|v)"
+    kwargs = {**kwargs, "target_modules": rf".*attn\.qkv\.{slices}" + (r"|.*mlp\.fc2" if adapter == "ia3" else "")}
+    if adapter == "ia3":
+        kwargs["feedforward_modules"] = r".*mlp\.fc2"
+    return peft.get_peft_model(split_qkv(copy.deepcopy(bare)), getattr(peft, class_name)(**kwargs))
 
 
 def bench_dtype(args, dtype: str) -> list[dict]:
@@ -158,7 +168,10 @@ def bench_dtype(args, dtype: str) -> list[dict]:
             theirs = Workload(peft_model(bare, name), images, labels, dtype, train=True)
             ours_time, peft_time = paired_medians(ours_step, theirs, args.iters, args.warmup)
             row.update(ours_fused_qkv_s=ours_time, peft_fused_qkv_s=peft_time, over_peft=ours_time / peft_time)
-            del ours, theirs, ours_step
+            theirs_qv = Workload(peft_model(bare, name, qv=True), images, labels, dtype, train=True)
+            qv_time, peft_qv_time = paired_medians(step, theirs_qv, args.iters, args.warmup)
+            row.update(peft_qv_s=peft_qv_time, over_peft_qv=qv_time / peft_qv_time)
+            del ours, theirs, ours_step, theirs_qv
         rows.append(row)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
         del model, step, eval_step
@@ -194,12 +207,32 @@ def linear_probe_speedup(epochs: int) -> dict:
                 ],
             )
             run(cfg)  # the first call also builds mnist5k and the decoded cache: time the second
-            start = time.perf_counter()
             (Path(folder) / str(cached)).rename(Path(folder) / f"{cached}-done")
             record = run(cfg)
-            times["cached_s" if cached else "uncached_s"] = time.perf_counter() - start
-            times["cached_top1" if cached else "uncached_top1"] = record["test_top1"]
-    return {"epochs": epochs, **times, "speedup": times["uncached_s"] / times["cached_s"]}
+            kind = "cached" if cached else "uncached"
+            times.update(
+                {
+                    f"{kind}_train_s": record["train_wall_s"],
+                    f"{kind}_run_s": record["wall_s"],
+                    f"{kind}_top1": record["test_top1"],
+                }
+            )
+    return {
+        "epochs": epochs,
+        **times,
+        "train_speedup": times["uncached_train_s"] / times["cached_train_s"],
+        "run_speedup": times["uncached_run_s"] / times["cached_run_s"],
+    }
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def markdown(rows: list[dict]) -> str:
@@ -246,11 +279,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    code_version = git_state()  # the code as it was when the measurements started
     probe = linear_probe_speedup(args.probe_epochs) if args.probe_epochs else None
     if probe:
         print(json.dumps(probe), flush=True)
-    rows = [row for dtype in args.dtypes for row in bench_dtype(args, dtype)]
-    name = args.name or f"{args.backbone}-{args.img_size}-b{args.batch_size}-cpu"
+    rows = [] if args.probe_only else [row for dtype in args.dtypes for row in bench_dtype(args, dtype)]
+    name = args.name or (
+        "linear-probe-cpu" if args.probe_only else f"{args.backbone}-{args.img_size}-b{args.batch_size}-cpu"
+    )
     meta = {
         "backbone": args.backbone,
         "img_size": args.img_size,
@@ -259,15 +295,21 @@ def main() -> None:
         "warmup": args.warmup,
         "threads": args.threads,
         "device": "cpu",
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_name(),
         "versions": package_versions(),
-        **git_state(),
+        **code_version,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(
         json.dumps({"settings": meta, "rows": rows, "linear_probe": probe}, indent=2) + "\n"
     )
-    summary = markdown(rows)
+    header = (
+        f"`python scripts/bench.py` — {meta['backbone']} at {meta['img_size']} px, batch {meta['batch_size']}, "
+        f"{meta['device']} ({meta['machine']}, {meta['threads']} threads), median of {meta['iters']} timed steps "
+        f"after {meta['warmup']} warm-up, each interleaved with its reference; torch {meta['versions']['torch']}, "
+        f"timm {meta['versions']['timm']}, commit {meta['git_commit'][:10]}{' (dirty)' if meta['git_dirty'] else ''}."
+    )
+    summary = header + "\n\n" + (markdown(rows) if rows else "")
     if probe:
         summary += (
             f"\n\nLinear probe, {probe['epochs']} epochs on mnist5k (tiny backbone): "

@@ -16,31 +16,13 @@ from conftest import perturb, tiny_vit
 from torch import nn
 
 from pvera_bench.adapters import apply_adapter
+from pvera_bench.peft_compat import split_qkv
 
 QV, KV = r".*attn\.qkv\.(q|v)", r".*attn\.qkv\.(k|v)"
 
 
-class SplitQKV(nn.Module):
-    """timm's fused qkv as three Linears named q, k, v, with identical output."""
-
-    def __init__(self, qkv: nn.Linear) -> None:
-        super().__init__()
-        width = qkv.out_features // 3
-        for i, name in enumerate("qkv"):
-            linear = nn.Linear(qkv.in_features, width)
-            linear.weight.data.copy_(qkv.weight[i * width : (i + 1) * width])
-            linear.bias.data.copy_(qkv.bias[i * width : (i + 1) * width])
-            setattr(self, name, linear)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.q(x), self.k(x), self.v(x)], dim=-1)
-
-
 def peft_reference(config: peft.PeftConfig) -> nn.Module:
-    model = tiny_vit()
-    for block in model.blocks:
-        block.attn.qkv = SplitQKV(block.attn.qkv)
-    return peft.get_peft_model(model, config)
+    return peft.get_peft_model(split_qkv(tiny_vit()), config)
 
 
 def peft_layer(reference: nn.Module, block: int, name: str) -> nn.Module:
@@ -113,9 +95,7 @@ def test_ia3_matches_peft():
 
 def test_reference_split_is_exact():
     model = tiny_vit()
-    split = copy.deepcopy(model)
-    for block in split.blocks:
-        block.attn.qkv = SplitQKV(block.attn.qkv)
+    split = split_qkv(copy.deepcopy(model))
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(split(images), model(images), rtol=0, atol=1e-6)

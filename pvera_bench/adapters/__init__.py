@@ -38,6 +38,7 @@ __all__ = [
     "adapter_parameters",
     "apply_adapter",
     "head_parameters",
+    "is_mergeable",
     "is_stochastic",
     "merge_adapter",
     "regularization_loss",
@@ -66,6 +67,16 @@ def apply_adapter(model: nn.Module, name: str, **hparams) -> nn.Module:
     mark_trainable(model, spec.prefix)
     model.adapter_config = config
     return model
+
+
+def is_mergeable(model: nn.Module) -> bool:
+    """Whether :func:`merge_adapter` can fold this model's adapter into its weights."""
+    wrapped = [m for m in model.modules() if hasattr(m, "base_layer")]
+    return (
+        getattr(model, "adapter_config", None) is not None
+        and bool(wrapped)
+        and all(hasattr(m, "merged_layer") for m in wrapped)
+    )
 
 
 def merge_adapter(model: nn.Module) -> nn.Module:

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pvera_bench.adapters.base import find_targets, register_adapter
-from pvera_bench.adapters.lora import LoraConfig, LoraLinear
+from pvera_bench.adapters.base import register_adapter
+from pvera_bench.adapters.lora import LoraConfig, LoraLinear, low_rank_targets
 
 
 @dataclass
@@ -59,7 +59,7 @@ class DoraLinear(LoraLinear):
 
 
 def inject(model: nn.Module, config: DoraConfig) -> None:
-    for t in find_targets(model, config):
+    for t in low_rank_targets(model, config):
         setattr(t.parent, t.attr, DoraLinear(t.layer, t.slices, config.r, config.alpha, config.dropout))
 
 

@@ -45,6 +45,8 @@ class Ia3Linear(nn.Module):
 
     def full_scale(self) -> torch.Tensor:
         """The scale of every output row (1 outside the adapted slices); a vector, not an activation."""
+        if self.slices == ((0, self.base_layer.out_features),):
+            return self.ia3_l
         pieces, cursor, offset = [], 0, 0
         for start, stop in self.slices:
             pieces += [self.ia3_l.new_ones(start - cursor), self.ia3_l[offset : offset + stop - start]]

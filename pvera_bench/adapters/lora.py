@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pvera_bench.adapters.base import SlicedUpdate, TargetedConfig, find_targets, register_adapter
+from pvera_bench.adapters.base import SlicedUpdate, Target, TargetedConfig, find_targets, register_adapter
 
 
 @dataclass
@@ -64,8 +64,18 @@ class LoraLinear(SlicedUpdate):
         return torch.matmul(self.lora_B, self.lora_A) * self.scaling
 
 
+def low_rank_targets(model: nn.Module, config: LoraConfig) -> list[Target]:
+    """The targets, after checking that the rank fits each of them (a LoRA rank cannot exceed min(in, out))."""
+    targets = find_targets(model, config)
+    for t in targets:
+        width = min(t.layer.in_features, *(stop - start for start, stop in t.slices))
+        if config.r > width:
+            raise ValueError(f"adapter.r={config.r} exceeds the width {width} of {t.path}; use adapter.r <= {width}")
+    return targets
+
+
 def inject(model: nn.Module, config: LoraConfig) -> None:
-    for t in find_targets(model, config):
+    for t in low_rank_targets(model, config):
         setattr(t.parent, t.attr, LoraLinear(t.layer, t.slices, config.r, config.alpha, config.dropout))
 
 

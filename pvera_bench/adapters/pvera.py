@@ -56,8 +56,8 @@ class PveraLinear(VeraLinear):
             variance = logvar.exp()
             std = variance.sqrt()
             z = torch.addcmul(mu, noise[..., i, :], std) if sample else mu + std
-            if self.training:
-                divergences.append(-0.5 * torch.mean(1 + logvar - mu.square() - variance))
+            if self.training:  # KL(N(mu, sigma^2) || N(0, 1)) = (mu^2 + sigma^2 - log sigma^2 - 1) / 2, averaged
+                divergences.append(0.5 * (torch.mean(mu.square() + variance - logvar) - 1))
             yield i, F.linear(z, b_matrix) * self.lambda_b[i]
         if divergences:
             self.regularization = torch.stack(divergences).mean()

@@ -90,15 +90,22 @@ def read_split_file(task_dir: Path, split: str, num_classes: int) -> list[tuple[
     return entries
 
 
-def check_count(task_dir: Path, split: str, count: int) -> None:
-    """The split must have the size its manifest records, or the fixed VTAB-1k size."""
+def check_against_manifest(task_dir: Path, split: str, count: int, num_classes: int) -> None:
+    """The split must have the size its manifest records (or the fixed VTAB-1k size) and the task its classes."""
     list_file = task_dir / f"{split}.txt"
-    manifest = task_dir / "manifest.json"
-    expected = FIXED_COUNTS.get(split)
-    if manifest.is_file():
-        expected = json.loads(manifest.read_text()).get("splits", {}).get(split, {}).get("count", expected)
+    manifest_file = task_dir / "manifest.json"
+    manifest = {}
+    if manifest_file.is_file():
+        try:
+            manifest = json.loads(manifest_file.read_text())
+        except ValueError:
+            raise UserError(f"{manifest_file}: not valid JSON; rebuild the task with scripts/prepare_vtab.py") from None
+    built_for = manifest.get("num_classes", num_classes)
+    if built_for != num_classes:
+        raise UserError(f"{manifest_file}: the task has {built_for} classes but dataset.num_classes={num_classes}")
+    expected = manifest.get("splits", {}).get(split, {}).get("count", FIXED_COUNTS.get(split))
     if expected is not None and count != expected:
-        source = "manifest.json" if manifest.is_file() else "VTAB-1k"
+        source = "manifest.json" if manifest else "VTAB-1k"
         raise UserError(f"{list_file}: {count} images listed, {source} says {expected}")
 
 
@@ -166,7 +173,7 @@ def load_split(
 ) -> SplitData:
     """The split as one uint8 tensor, decoded once and then read from ``<task>/.cache/``."""
     entries = read_split_file(task_dir, split, num_classes)
-    check_count(task_dir, split, len(entries))
+    check_against_manifest(task_dir, split, len(entries), num_classes)
     cache_path = task_dir / CACHE_DIR / f"{split}-{size[0]}x{size[1]}-{interpolation}.pt"
     fingerprint = source_fingerprint(entries, size, interpolation) if cache else ""
     if cache and (cached := read_cache(cache_path, fingerprint)) is not None:

@@ -1,0 +1,47 @@
+"""python -m pvera_bench.params and the README's parameter table."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from conftest import REPO, run_cli
+
+L, D, MLP, R_LORA, R_VERA, H = 12, 768, 3072, 8, 256, 64
+FORMULAS = {  # the README's formulas, evaluated for ViT-B (12 blocks, width 768)
+    "linear": 0,
+    "lora": L * 2 * R_LORA * (D + D),
+    "dora": L * 2 * (R_LORA * (D + D) + D),
+    "vera": L * 2 * (R_VERA + D),
+    "pvera": L * 2 * (2 * R_VERA + D),
+    "ia3": L * (D + D + MLP),
+    "adaptformer": L * (2 * D * H + H + D),
+    "bottleneck": 2 * L * (2 * D * H + H + D),
+}
+
+
+@pytest.mark.parametrize("adapter, expected", [("vera", 24_576), ("pvera", 30_720)])
+def test_params_cli_reports_the_paper_counts(adapter, expected):
+    result = run_cli("backbone=vit_b16_in21k", f"adapter={adapter}", module="pvera_bench.params")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {
+        "adapter": adapter,
+        "adapter_params": expected,
+        "head_params": 76_900,
+        "total_params": report["total_params"],
+    }
+    assert report["total_params"] > 85_000_000
+
+
+def test_readme_parameter_table_matches_its_formulas():
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("| adapter | formula (defaults) | ViT-B/16 | DINOv2-B/14 |")[1].split("\n\n")[0]
+    rows = {}
+    for line in table.strip().splitlines()[1:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[re.sub(r"[`]", "", cells[0]).split()[0]] = (int(cells[2].replace(",", "")), int(cells[3].replace(",", "")))
+    for adapter, expected in FORMULAS.items():
+        assert rows[adapter] == (expected, expected), adapter
+    assert set(rows) == {*FORMULAS, "full"}

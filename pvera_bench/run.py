@@ -453,11 +453,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     device = resolve_device(cfg.trainer.device)
     task_dir = locate_task(Path(to_absolute_path(cfg.data.root)), cfg.dataset.name, OFFLINE_BUILDERS)
-    ensure_writable(path.parent)
     try:
         spec = input_spec(build_model(cfg))  # also checks the adapter against the backbone's layers
     except ValueError as error:
         raise UserError(f"adapter={cfg.adapter.name}: {error}") from None
+    ensure_writable(path.parent)
     with exclusive(path) as owner:
         if not owner:
             log.warning("skipped: another process is running %s (it holds %s)", path.name, path.with_suffix(".lock"))

@@ -51,11 +51,27 @@ def demo_config(data_root, tmp_path):
     return make
 
 
-def run_command(*command: str) -> subprocess.CompletedProcess:
-    """Run a command from the repository root, offline, as a user would."""
+def offline_env() -> dict[str, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(list(command), capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    return env
+
+
+def run_command(*command: str) -> subprocess.CompletedProcess:
+    """Run a command from the repository root, offline, as a user would."""
+    return subprocess.run(list(command), capture_output=True, text=True, cwd=REPO, env=offline_env(), timeout=600)
+
+
+def start_cli(*args: str) -> subprocess.Popen:
+    """Start ``python -m pvera_bench`` in the background (to interrupt it); stderr is captured."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pvera_bench", *args],
+        cwd=REPO,
+        env=offline_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def run_cli(*args: str, module: str = "pvera_bench") -> subprocess.CompletedProcess:

@@ -7,18 +7,15 @@ a two-epoch trainer, so a case that wrongly trained would still finish quickly.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import run_cli, start_cli
 
 from pvera_bench import run as run_module
 from pvera_bench.errors import UserError
@@ -215,15 +212,7 @@ def test_sigterm_mid_epoch_checkpoints_exits_and_resumes_to_the_same_result(data
     straight = run_cli(*args, f"paths.results={tmp_path / 'straight'}")
     assert straight.returncode == 0, straight.stderr[-2000:]
     results = tmp_path / "interrupted"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pvera_bench", *args, f"paths.results={results}"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_cli(*args, f"paths.results={results}")
     deadline = time.monotonic() + 300
     while not list(results.rglob("*.ckpt")) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.02)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
-from conftest import REPO, run_cli
+from conftest import run_cli, start_cli
 
 from pvera_bench import run as run_module
 from pvera_bench.run import run
@@ -82,9 +80,7 @@ def test_run_killed_after_its_second_epoch_resumes_to_the_same_result(data_root,
     reference = run_cli(*args, f"paths.results={tmp_path / 'straight'}")
     assert reference.returncode == 0, reference.stderr[-3000:]
     resumed_dir = tmp_path / "resumed"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    command = [sys.executable, "-m", "pvera_bench", *args, f"paths.results={resumed_dir}"]
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = start_cli(*args, f"paths.results={resumed_dir}")
     deadline = time.monotonic() + 300
     epoch = 0
     while epoch < 2 and time.monotonic() < deadline and process.poll() is None:
@@ -95,7 +91,7 @@ def test_run_killed_after_its_second_epoch_resumes_to_the_same_result(data_root,
             except Exception:  # noqa: BLE001  (replaced while being read: try again)
                 pass
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.communicate()
     assert 2 <= epoch < 8, "the run was not caught mid-training"
     assert not list(resumed_dir.rglob("*.json"))
     again = run_cli(*args, f"paths.results={resumed_dir}")

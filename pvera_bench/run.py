@@ -127,6 +127,16 @@ def validate(cfg: DictConfig) -> None:
         (protocol.select_metric in SELECT_METRICS, f"protocol.select_metric must be one of {SELECT_METRICS}"),
         (protocol.patience >= 1, f"protocol.patience={protocol.patience} must be >= 1"),
         (
+            0 <= protocol.min_rel_improvement < 1,
+            f"protocol.min_rel_improvement={protocol.min_rel_improvement} must be in [0, 1)",
+        ),
+        (cfg.seed >= 0, f"seed={cfg.seed} must be >= 0"),
+        (cfg.data.decode_workers >= 1, f"data.decode_workers={cfg.data.decode_workers} must be >= 1"),
+        (
+            cfg.backbone.img_size is None or cfg.backbone.img_size >= 1,
+            f"backbone.img_size={cfg.backbone.img_size} must be >= 1 (or null for the model's own)",
+        ),
+        (
             protocol.val_split is not None or len(grid_points(cfg)) == 1,
             "a grid needs protocol.val_split to choose a point (or use grid=none)",
         ),

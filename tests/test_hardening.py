@@ -77,6 +77,14 @@ BAD_CONFIGS = [
         "adapter.qkv_slices must be distinct names from q, k, v; got ['q', 'x']",
     ),
     ("negative-dropout", ["adapter=lora", "adapter.dropout=-0.5"], "adapter.dropout must be in [0, 1), got -0.5"),
+    (
+        "improvement-threshold-out-of-range",
+        ["protocol.min_rel_improvement=1.5"],
+        "protocol.min_rel_improvement=1.5 must be in [0, 1)",
+    ),
+    ("negative-seed", ["seed=-1"], "seed=-1 must be >= 0"),
+    ("no-decode-workers", ["data.decode_workers=0"], "data.decode_workers=0 must be >= 1"),
+    ("zero-image-size", ["backbone.img_size=0"], "backbone.img_size=0 must be >= 1"),
     ("test-split-used-for-selection", ["protocol.val_split=test"], "test data may only test"),
     (
         "code-as-logger",

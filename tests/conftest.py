@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -105,3 +106,17 @@ def mock_root(tmp_path_factory) -> Path:
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.strip().splitlines()) == 19
     return root
+
+
+RESUME_ARGS = ("experiment=demo", "trainer=smoke", "adapter=pvera", "trainer.epochs=8")
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(data_root, tmp_path_factory) -> tuple[list[str], dict]:
+    """Arguments of an 8-epoch PVeRA run and its uninterrupted result: the resume tests' reference."""
+    args = [*RESUME_ARGS, f"data.root={data_root}"]
+    results = tmp_path_factory.mktemp("uninterrupted")
+    completed = run_cli(*args, f"paths.results={results}")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    [path] = results.rglob("*.json")
+    return args, json.loads(path.read_text())

@@ -75,10 +75,8 @@ def test_submitit_local_launcher_runs_a_job(data_root, tmp_path):
     assert record["status"] == "success" and record["adapter"] == "linear"
 
 
-def test_run_killed_after_its_second_epoch_resumes_to_the_same_result(data_root, tmp_path):
-    args = [*SMOKE, "adapter=pvera", "trainer.epochs=8", f"data.root={data_root}"]
-    reference = run_cli(*args, f"paths.results={tmp_path / 'straight'}")
-    assert reference.returncode == 0, reference.stderr[-3000:]
+def test_run_killed_after_its_second_epoch_resumes_to_the_same_result(uninterrupted, tmp_path):
+    args, straight = uninterrupted
     resumed_dir = tmp_path / "resumed"
     process = start_cli(*args, f"paths.results={resumed_dir}")
     deadline = time.monotonic() + 300
@@ -97,7 +95,6 @@ def test_run_killed_after_its_second_epoch_resumes_to_the_same_result(data_root,
     again = run_cli(*args, f"paths.results={resumed_dir}")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming after epoch" in again.stdout + again.stderr
-    [straight] = results(tmp_path / "straight").values()
     [resumed] = results(resumed_dir).values()
     assert resumed["test_top1"] == straight["test_top1"]
     assert resumed["test_nll"] == straight["test_nll"]

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from pvera_bench.adapters import regularization_loss, set_sampling_mode
 from pvera_bench.config import ProtocolConfig, SamplingConfig, TrainerConfig
 from pvera_bench.data import SplitData
+from pvera_bench.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,12 @@ def seed_everything(seed: int) -> None:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"trainer.device={name} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"trainer.device={name} but CUDA is not available; use trainer.device=auto or cpu")
+        raise UserError(f"trainer.device={name} but CUDA is not available; use trainer.device=auto or cpu")
     return device
 
 

@@ -85,6 +85,7 @@ BAD_CONFIGS = [
     ("negative-seed", ["seed=-1"], "seed=-1 must be >= 0"),
     ("no-decode-workers", ["data.decode_workers=0"], "data.decode_workers=0 must be >= 1"),
     ("zero-image-size", ["backbone.img_size=0"], "backbone.img_size=0 must be >= 1"),
+    ("unknown-device", ["trainer.device=gpu"], "trainer.device=gpu is not a device; use auto, cpu, cuda or cuda:N"),
     ("test-split-used-for-selection", ["protocol.val_split=test"], "test data may only test"),
     (
         "code-as-logger",
@@ -234,3 +235,13 @@ def test_sigterm_mid_epoch_checkpoints_exits_and_resumes_to_the_same_result(unin
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     [b] = [json.loads(p.read_text()) for p in results.rglob("*.json")]
     assert (b["test_top1"], b["test_nll"]) == (a["test_top1"], a["test_nll"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_asked_for_without_a_gpu(data_root, tmp_path):
+    result = run_cli(*SMOKE, "trainer.device=cuda", f"data.root={data_root}", f"paths.results={tmp_path}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: trainer.device=cuda but CUDA is not available; use trainer.device=auto or cpu"
+    )
+    assert not list(tmp_path.rglob("*.json"))

@@ -322,7 +322,8 @@ class Session:
 
         def on_epoch_end(record: dict, state) -> None:
             self.logger.log({f"{stage}/{k}": v for k, v in record.items()})
-            checkpoint.save({**saved, "stage": stage, "fit": state()})
+            if checkpoint.enabled:  # the state copies the whole loop history: build it only when it is saved
+                checkpoint.save({**saved, "stage": stage, "fit": state()})
 
         network, train_data, runtime = self.data_for(model, train)
         return fit(

@@ -105,17 +105,33 @@ def flops(step: Callable[[], None]) -> int:
     return counter.get_total_flops()
 
 
-def paired_medians(a: Callable[[], None], b: Callable[[], None], iters: int, warmup: int) -> tuple[float, float]:
-    """Median times of ``a`` and ``b``, run alternately so that machine drift hits both alike."""
+def paired_ratio(a: Callable[[], None], b: Callable[[], None], iters: int, warmup: int) -> dict[str, float]:
+    """Times of ``a`` and ``b`` and their ratio a/b.
+
+    The two run in pairs, in alternating order (ab, ba, ab, ...), so that machine drift and
+    cache effects hit both alike. ``ratio`` is the ratio of the fastest runs (as ``timeit``
+    advises: interference only ever adds time); ``pair_median``, ``pair_q1`` and ``pair_q3``
+    summarise the per-pair ratios, a measure of the noise.
+    """
     for _ in range(warmup):
         a(), b()
     times_a, times_b = [], []
-    for _ in range(iters):
-        for step, times in ((a, times_a), (b, times_b)):
+    for i in range(iters):
+        order = ((a, times_a), (b, times_b)) if i % 2 == 0 else ((b, times_b), (a, times_a))
+        for step, times in order:
             start = time.perf_counter()
             step()
             times.append(time.perf_counter() - start)
-    return statistics.median(times_a), statistics.median(times_b)
+    ratios = sorted(x / y for x, y in zip(times_a, times_b, strict=True))
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {
+        "a_s": min(times_a),
+        "b_s": min(times_b),
+        "ratio": min(times_a) / min(times_b),
+        "pair_median": statistics.median(ratios),
+        "pair_q1": quartiles[0],
+        "pair_q3": quartiles[2],
+    }
 
 
 def peft_model(bare: torch.nn.Module, adapter: str, qv: bool = False) -> torch.nn.Module:
@@ -145,33 +161,37 @@ def bench_dtype(args, dtype: str) -> list[dict]:
         hparams = {"r": 8} if name in ("lora", "dora") else {}
         model = apply_adapter(copy.deepcopy(bare), name, **hparams)
         step = Workload(model, images, labels, dtype, train=True)
-        step_time, floor_time = paired_medians(step, floor, args.iters, args.warmup)
+        train = paired_ratio(step, floor, args.iters, args.warmup)
         row = {
             "adapter": name,
             "dtype": dtype,
-            "step_s": step_time,
-            "floor_s": floor_time,
-            "train_images_per_s": args.batch_size / step_time,
-            "step_over_floor": step_time / floor_time,
+            "step_s": train["a_s"],
+            "floor_s": train["b_s"],
+            "train_images_per_s": args.batch_size / train["a_s"],
+            "step_over_floor": train["ratio"],
             "flops_over_floor": flops(step) / floor_flops,
         }
+        row["step/flops"] = row["step_over_floor"] / row["flops_over_floor"]
         eval_step = Workload(model, images, labels, dtype, train=False)
-        eval_time, bare_time = paired_medians(eval_step, bare_eval, args.iters, args.warmup)
-        row["eval_images_per_s"] = args.batch_size / eval_time
+        evaluation = paired_ratio(eval_step, bare_eval, args.iters, args.warmup)
+        row["eval_images_per_s"] = args.batch_size / evaluation["a_s"]
         if name in MERGEABLE:
-            merged = Workload(merge_adapter(model.eval()), images, labels, dtype, train=False)
-            merged_time, bare_time = paired_medians(merged, bare_eval, args.iters, args.warmup)
-            row["merged_eval_over_bare"] = merged_time / bare_time
+            merged = Workload(merge_adapter(copy.deepcopy(model).eval()), images, labels, dtype, train=False)
+            row["merged_eval_over_bare"] = paired_ratio(merged, bare_eval, args.iters, args.warmup)["ratio"]
         if name in PEFT_CONFIGS and not args.no_peft:
-            ours = apply_adapter(copy.deepcopy(bare), name, **PEFT_CONFIGS[name][2])
-            ours_step = Workload(ours, images, labels, dtype, train=True)
+            on_fused_qkv = apply_adapter(copy.deepcopy(bare), name, **PEFT_CONFIGS[name][2])
+            ours = Workload(on_fused_qkv, images, labels, dtype, train=True)
             theirs = Workload(peft_model(bare, name), images, labels, dtype, train=True)
-            ours_time, peft_time = paired_medians(ours_step, theirs, args.iters, args.warmup)
-            row.update(ours_fused_qkv_s=ours_time, peft_fused_qkv_s=peft_time, over_peft=ours_time / peft_time)
+            fused = paired_ratio(ours, theirs, args.iters, args.warmup)
+            row.update(
+                over_peft=fused["ratio"],
+                over_peft_pair_q1=fused["pair_q1"],
+                over_peft_pair_q3=fused["pair_q3"],
+                peft_images_per_s=args.batch_size / fused["b_s"],
+            )
             theirs_qv = Workload(peft_model(bare, name, qv=True), images, labels, dtype, train=True)
-            qv_time, peft_qv_time = paired_medians(step, theirs_qv, args.iters, args.warmup)
-            row.update(peft_qv_s=peft_qv_time, over_peft_qv=qv_time / peft_qv_time)
-            del ours, theirs, ours_step, theirs_qv
+            row["over_peft_qv"] = paired_ratio(step, theirs_qv, args.iters, args.warmup)["ratio"]
+            del on_fused_qkv, ours, theirs, theirs_qv
         rows.append(row)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
         del model, step, eval_step
@@ -275,6 +295,7 @@ def main() -> None:
         default=100,
         help="epochs of the linear-probe run timed with and without cached features (0: skip)",
     )
+    parser.add_argument("--probe-only", action="store_true", help="only the linear-probe comparison")
     parser.add_argument("--name", default=None, help="output name (default: <backbone>-<img>-b<batch>-<device>)")
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     args = parser.parse_args()
@@ -312,9 +333,11 @@ def main() -> None:
     summary = header + "\n\n" + (markdown(rows) if rows else "")
     if probe:
         summary += (
-            f"\n\nLinear probe, {probe['epochs']} epochs on mnist5k (tiny backbone): "
-            f"{probe['uncached_s']:.1f} s without cached features, {probe['cached_s']:.1f} s with: "
-            f"**{probe['speedup']:.1f}x** (test top-1 {probe['uncached_top1']:.4f} vs {probe['cached_top1']:.4f})"
+            f"\n\nLinear probe, one {probe['epochs']}-epoch run on mnist5k (`experiment=demo`, tiny backbone), "
+            f"without / with cached features: training (feature extraction included) {probe['uncached_train_s']:.1f} s"
+            f" / {probe['cached_train_s']:.2f} s = **{probe['train_speedup']:.0f}x**; whole run, with the test pass "
+            f"both do once, {probe['uncached_run_s']:.1f} s / {probe['cached_run_s']:.1f} s = "
+            f"{probe['run_speedup']:.1f}x; test top-1 {probe['uncached_top1']:.4f} / {probe['cached_top1']:.4f}."
         )
     (args.out / f"{name}.md").write_text(summary + "\n")
     print(summary)

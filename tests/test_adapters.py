@@ -9,7 +9,8 @@ import torch
 from conftest import perturb, tiny_vit
 
 from pvera_bench.adapters import ADAPTERS, adapter_parameters, apply_adapter, merge_adapter, set_sampling_mode
-from pvera_bench.adapters.base import regularization_loss
+from pvera_bench.adapters.base import AddIntoSlices, regularization_loss, slice_view
+from pvera_bench.adapters.dora import RescaleSlices
 
 IDENTITY_AT_INIT = ["lora", "dora", "vera", "pvera", "ia3", "adaptformer"]
 MERGEABLE = ["lora", "dora", "vera", "pvera", "ia3"]
@@ -105,6 +106,68 @@ def test_lora_leaves_k_untouched(images):
         change = qkv(x) - qkv.base_layer(x)
     assert change[..., :DIM].abs().max() > 0 and change[..., 2 * DIM :].abs().max() > 0
     assert change[..., DIM : 2 * DIM].abs().max() == 0
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_add_into_slices_matches_indexing_and_finite_differences(scaled):
+    generator = torch.Generator().manual_seed(0)
+
+    def tensor(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True)
+
+    slices = ((0, 3), (6, 9))  # the q and v columns of a fused qkv of width 3
+    out, update, scale = tensor(2, 4, 9), tensor(2, 4, 2, 3), tensor(2, 3) if scaled else None
+
+    def add(out, update, scale):
+        return AddIntoSlices.apply(out.clone(), slices, update, scale)
+
+    assert torch.autograd.gradcheck(add, (out, update, scale))
+    expected = out.detach().clone()
+    change = update.detach() * (scale.detach() if scaled else 1)
+    expected[..., 0:3] += change[..., 0, :]
+    expected[..., 6:9] += change[..., 1, :]
+    torch.testing.assert_close(add(out, update, scale), expected)
+
+
+def test_dora_rescale_matches_indexing_and_finite_differences():
+    generator = torch.Generator().manual_seed(1)
+    out, update, scale = (
+        torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True)
+        for shape in ((2, 4, 9), (2, 4, 2, 3), (2, 3))
+    )
+    slices = ((0, 3), (6, 9))
+
+    def rescale(out, update, scale):
+        return RescaleSlices.apply(out.clone(), slices, update, scale)
+
+    assert torch.autograd.gradcheck(rescale, (out, update, scale))
+    expected = out.detach().clone()
+    for i, (start, stop) in enumerate(slices):
+        expected[..., start:stop] = (expected[..., start:stop] + update.detach()[..., i, :]) * scale.detach()[i]
+    torch.testing.assert_close(rescale(out, update, scale), expected)
+
+
+def test_slices_must_be_evenly_spaced():
+    with pytest.raises(ValueError, match="evenly spaced"):
+        slice_view(torch.zeros(2, 12), ((0, 3), (3, 6), (9, 12)))
+
+
+def test_pvera_training_forward_is_the_reparametrised_update():
+    model = apply_adapter(tiny_vit(), "pvera", r=4).train()
+    perturb(model)
+    layer = model.blocks[0].attn.qkv
+    x = torch.randn(2, 5, DIM)
+    torch.manual_seed(11)
+    out = layer(x)
+    torch.manual_seed(11)
+    h = torch.nn.functional.linear(x, layer.projection_a()).unsqueeze(-2) * layer.lambda_d
+    mu, logvar = h[..., :4], h[..., 4:]
+    std = (0.5 * logvar).exp()
+    z = mu + torch.randn_like(std) * std  # one draw per token, latent unit and slice
+    expected = layer.base_layer(x)
+    for i, (start, stop) in enumerate(layer.slices):
+        expected[..., start:stop] += layer.lambda_b[i] * torch.nn.functional.linear(z[..., i, :], layer.projection_b())
+    torch.testing.assert_close(out, expected)
 
 
 @pytest.mark.parametrize("name", ["vera", "pvera"])

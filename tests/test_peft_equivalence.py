@@ -43,8 +43,15 @@ def copy_low_rank(ours: nn.Module, reference: nn.Module, slices: str) -> None:
 
 
 def assert_same_outputs(ours: nn.Module, reference: nn.Module) -> None:
+    """Same eval outputs, and the same gradient reaches the input through every adapted layer."""
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     ours.eval(), reference.eval()
+    gradients = []
+    for model in (reference, ours):
+        leaf = images.clone().requires_grad_(True)
+        model(leaf).square().sum().backward()
+        gradients.append(leaf.grad)
+    torch.testing.assert_close(gradients[1], gradients[0], rtol=1e-4, atol=1e-5)
     with torch.no_grad():
         expected = reference(images)
         torch.testing.assert_close(ours(images), expected, rtol=0, atol=1e-5)

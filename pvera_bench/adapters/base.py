@@ -9,7 +9,7 @@ how :func:`mark_trainable` decides what trains.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -126,13 +126,66 @@ def output_slices(path: str, layer: nn.Linear, qkv_slices: list[str] | None) -> 
     return tuple((QKV_NAMES.index(s) * width, (QKV_NAMES.index(s) + 1) * width) for s in qkv_slices)
 
 
+def slice_view(tensor: torch.Tensor, slices: tuple[tuple[int, int], ...]) -> torch.Tensor:
+    """The columns of ``slices`` as a view ``(..., n_slices, width)`` of ``tensor`` (no copy).
+
+    The slices must have one width and be evenly spaced, as any subset of q, k, v is.
+    """
+    first, width = slices[0][0], slices[0][1] - slices[0][0]
+    step = slices[1][0] - first if len(slices) > 1 else width
+    if any(start != first + i * step or end - start != width for i, (start, end) in enumerate(slices)):
+        raise ValueError(f"slices must have one width and be evenly spaced, got {slices}")
+    column = tensor.stride(-1)
+    return tensor.as_strided(
+        (*tensor.shape[:-1], len(slices), width),
+        (*tensor.stride()[:-1], step * column, column),
+        tensor.storage_offset() + first * column,
+    )
+
+
+class AddIntoSlices(torch.autograd.Function):
+    """``out[..., slice_i] += update[..., i, :] (⊙ scale[i])`` for every slice, in place, in one op.
+
+    Autograd's own in-place add on a slice view copies the whole gradient of ``out`` once per
+    slice in the backward pass; here the gradient of ``out`` passes through untouched and the
+    update receives a strided view of it. A ``scale`` (``(n_slices, width)``, e.g. VeRA's
+    ``b``) is fused into the add and gets its gradient summed over the leading dims. Under
+    bf16 autocast the update-sized products stay in the update's dtype (the scale, a vector,
+    is cast) and the scale's gradient is accumulated in the scale's own dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, out, slices, update, scale):
+        target = slice_view(out, slices)
+        if scale is None:
+            target.add_(update)
+        else:
+            target.addcmul_(update, scale.to(update.dtype))
+        ctx.mark_dirty(out)
+        ctx.slices = slices
+        ctx.save_for_backward(update if scale is not None else None, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        update, scale = ctx.saved_tensors
+        grad_view = slice_view(grad, ctx.slices)
+        if scale is None:
+            return grad, None, grad_view, None
+        grad_scale = None
+        if ctx.needs_input_grad[3]:
+            grad_scale = (grad_view * update).flatten(0, -3).sum(0, dtype=scale.dtype)
+        return grad, None, grad_view * scale.to(grad.dtype), grad_scale
+
+
 class SlicedUpdate(nn.Module):
     """Base of layers that add a per-slice update to a frozen Linear's output.
 
-    Subclasses implement ``slice_updates(x)``, yielding ``(index, update)`` with ``update`` of
-    shape ``(..., slice_width)`` for the ``index``-th slice, and ``delta_weight()``, the
-    equivalent weight update of shape ``(n_slices, slice_width, in)``. Each update is added in
-    place into its rows of the base output: no zero blocks, no concatenation.
+    Subclasses implement ``slice_updates(x)``, returning the updates of all slices as one
+    ``(..., n_slices, slice_width)`` tensor and a ``(n_slices, slice_width)`` scale that
+    multiplies them, or None; and ``delta_weight()``, the equivalent weight update of shape
+    ``(n_slices, slice_width, in)``. The updates are added in place into their columns of
+    the base output: no zero blocks, no concatenation.
     """
 
     def __init__(self, base_layer: nn.Linear, slices: tuple[tuple[int, int], ...]) -> None:
@@ -140,24 +193,26 @@ class SlicedUpdate(nn.Module):
         widths = {stop - start for start, stop in slices}
         if len(widths) != 1:
             raise ValueError(f"all adapted slices of a layer must have the same width, got {slices}")
+        slice_view(base_layer.weight.T, slices)  # checks that the slices are evenly spaced
         self.base_layer = base_layer
         self.slices = slices
         self.slice_width = widths.pop()
         self.in_features = base_layer.in_features
         self.out_features = base_layer.out_features
 
-    def slice_updates(self, x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    def slice_updates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
 
     def delta_weight(self) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(x)  # F.linear does not keep its output for backward, so adding in place is safe
-        for index, update in self.slice_updates(x):
-            start, stop = self.slices[index]
-            out[..., start:stop].add_(update)
-        return out
+        # On 2-D input the base output is a tensor of its own, not a view: adding into it in place
+        # does not make autograd copy the whole gradient (it would for a view). F.linear does not
+        # keep its output for the backward pass, so the in-place add is safe.
+        tokens = x.reshape(-1, self.in_features)
+        out = AddIntoSlices.apply(self.base_layer(tokens), self.slices, *self.slice_updates(tokens))
+        return out.view(*x.shape[:-1], self.out_features)
 
     def merged_layer(self) -> nn.Linear:
         """The base Linear with the update folded into its weight."""

@@ -13,13 +13,41 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pvera_bench.adapters.base import register_adapter
+from pvera_bench.adapters.base import register_adapter, slice_view
 from pvera_bench.adapters.lora import LoraConfig, LoraLinear, low_rank_targets
 
 
 @dataclass
 class DoraConfig(LoraConfig):
     pass
+
+
+class RescaleSlices(torch.autograd.Function):
+    """``out[..., slice_i] = (out[..., slice_i] + update[..., i, :]) ⊙ scale[i]`` in place (DoRA's output).
+
+    Written in place on a 2-D base output, with no autograd copy of the whole gradient per slice.
+    """
+
+    @staticmethod
+    def forward(ctx, out, slices, update, scale):
+        target = slice_view(out, slices)
+        combined = target + update
+        torch.mul(combined, scale.to(combined.dtype), out=target)
+        ctx.mark_dirty(out)
+        ctx.slices = slices
+        ctx.save_for_backward(combined, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        combined, scale = ctx.saved_tensors
+        grad_combined = slice_view(grad, ctx.slices) * scale.to(grad.dtype)
+        grad_out = grad.clone()
+        slice_view(grad_out, ctx.slices).copy_(grad_combined)
+        grad_scale = None
+        if ctx.needs_input_grad[3]:
+            grad_scale = (slice_view(grad, ctx.slices) * combined).flatten(0, -3).sum(0, dtype=scale.dtype)
+        return grad_out, None, grad_combined, grad_scale
 
 
 class DoraLinear(LoraLinear):
@@ -35,26 +63,25 @@ class DoraLinear(LoraLinear):
 
     def magnitude_scale(self) -> torch.Tensor:
         """``m / ||W + ΔW||`` per slice and output row, ``(n_slices, width)``; the norm is detached (paper §4.3)."""
-        weights = self.base_layer.weight
-        update = super().delta_weight()
-        norms = torch.stack(
-            [(weights[start:stop] + update[i]).norm(dim=1) for i, (start, stop) in enumerate(self.slices)]
-        )
-        return self.lora_magnitude / norms.detach()
+        with torch.no_grad():
+            norms = (self.base_weights() + super().delta_weight()).norm(dim=-1)
+        return self.lora_magnitude / norms
+
+    def base_weights(self) -> torch.Tensor:
+        """The frozen weight rows of every slice, ``(n_slices, width, in)`` (a view)."""
+        return slice_view(self.base_layer.weight.T, self.slices).permute(1, 2, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x, self.base_layer.weight)  # without bias: the scale applies to W x + ΔW x only
-        h = self.down(x)
-        scale = self.magnitude_scale().to(out.dtype)
-        for i, (start, stop) in enumerate(self.slices):
-            lora = F.linear(h[..., i * self.r : (i + 1) * self.r], self.lora_B[i])
-            out[..., start:stop] = (out[..., start:stop] + lora) * scale[i]
+        tokens = x.reshape(-1, self.in_features)
+        out = F.linear(tokens, self.base_layer.weight)  # without bias: the scale applies to W x + ΔW x only
+        update, _ = self.slice_updates(tokens)
+        out = RescaleSlices.apply(out, self.slices, update, self.magnitude_scale())
         if self.base_layer.bias is not None:
-            out += self.base_layer.bias
-        return out
+            out.add_(self.base_layer.bias)
+        return out.view(*x.shape[:-1], self.out_features)
 
     def delta_weight(self) -> torch.Tensor:
-        weights = torch.stack([self.base_layer.weight[start:stop] for start, stop in self.slices])
+        weights = self.base_weights()
         return self.magnitude_scale().unsqueeze(-1) * (weights + super().delta_weight()) - weights
 
 

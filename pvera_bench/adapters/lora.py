@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -55,10 +54,12 @@ class LoraLinear(SlicedUpdate):
         """``(alpha / r) · A x`` for all slices at once, ``(..., n_slices · r)``: one matmul, scaled at rank r."""
         return F.linear(self.lora_dropout(x), self.lora_A.flatten(0, 1)) * self.scaling
 
-    def slice_updates(self, x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
-        h = self.down(x)
-        for i, b in enumerate(self.lora_B):
-            yield i, F.linear(h[..., i * self.r : (i + 1) * self.r], b)
+    def slice_updates(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        h = self.down(x)  # (..., n · r)
+        lead = h.shape[:-1]
+        per_slice = h.reshape(-1, len(self.slices), self.r).transpose(0, 1)  # (n, tokens, r)
+        update = torch.bmm(per_slice, self.lora_B.transpose(1, 2).to(per_slice.dtype))  # (n, tokens, width)
+        return update.transpose(0, 1).unflatten(0, lead), None
 
     def delta_weight(self) -> torch.Tensor:
         return torch.matmul(self.lora_B, self.lora_A) * self.scaling

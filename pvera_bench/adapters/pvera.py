@@ -11,7 +11,6 @@ when predictions are averaged over N passes (``mc``). The update is ``b ⊙ B z`
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -37,30 +36,23 @@ class PveraLinear(VeraLinear):
         self.sample_mode = "mean"  # eval-time latent; training always samples
         self.regularization: torch.Tensor | None = None  # KL of the last training forward
 
-    def slice_updates(self, x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
-        r, n = self.r, len(self.slices)
-        a, b_matrix = self.projection_a(), self.projection_b()
+    def slice_updates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r = self.r
         if not self.training and self.sample_mode == "mean":
-            h = F.linear(x, a[:r])  # the log-variance half is not needed
-            for i in range(n):
-                yield i, F.linear(h * self.lambda_d[i, :r], b_matrix) * self.lambda_b[i]
-            return
+            h = F.linear(x, self.projection_a()[:r])  # the log-variance half is not needed
+            return self.up(h.unsqueeze(-2) * self.lambda_d[:, :r])
         if self.sample_mode not in LAYER_SAMPLE_MODES:
             raise ValueError(f"unknown sample_mode {self.sample_mode!r}; expected one of {LAYER_SAMPLE_MODES}")
-        h = F.linear(x, a)  # [mu; log-variance] projections of every slice come from this one product
-        sample = self.training or self.sample_mode == "random"
-        noise = torch.randn((*h.shape[:-1], n, r), device=h.device, dtype=h.dtype) if sample else None
-        divergences = []
-        for i in range(n):
-            mu, logvar = (h * self.lambda_d[i]).split(r, dim=-1)
-            variance = logvar.exp()
-            std = variance.sqrt()
-            z = torch.addcmul(mu, noise[..., i, :], std) if sample else mu + std
-            if self.training:  # KL(N(mu, sigma^2) || N(0, 1)) = (mu^2 + sigma^2 - log sigma^2 - 1) / 2, averaged
-                divergences.append(0.5 * (torch.mean(mu.square() + variance - logvar) - 1))
-            yield i, F.linear(z, b_matrix) * self.lambda_b[i]
-        if divergences:
-            self.regularization = torch.stack(divergences).mean()
+        h = F.linear(x, self.projection_a())  # [mu; log-variance] of every slice come from this one product
+        mu, logvar = (h.unsqueeze(-2) * self.lambda_d).split(r, dim=-1)  # (..., n_slices, r) each
+        std = torch.exp(0.5 * logvar)
+        if self.training or self.sample_mode == "random":
+            z = torch.addcmul(mu, torch.randn_like(std), std)
+        else:
+            z = mu + std
+        if self.training:  # KL(N(mu, sigma^2) || N(0, 1)) = (mu^2 + sigma^2 - log sigma^2 - 1) / 2, averaged
+            self.regularization = 0.5 * (torch.mean(mu.square() + std.square() - logvar) - 1)
+        return self.up(z)
 
     def delta_weight(self) -> torch.Tensor:
         """The update of the mean latent (sample_mode ``mean``), the only linear one."""

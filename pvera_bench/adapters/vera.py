@@ -8,7 +8,6 @@ the layer is unchanged at initialisation.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -83,11 +82,13 @@ class VeraLinear(SlicedUpdate):
     def projection_b(self) -> torch.Tensor:
         return getattr(self, f"{self.prefix}projections").B[: self.slice_width]
 
-    def slice_updates(self, x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    def slice_updates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = F.linear(x, self.projection_a())  # A x once, shared by every slice
-        b_matrix = self.projection_b()
-        for i in range(len(self.slices)):
-            yield i, F.linear(h * self.lambda_d[i], b_matrix) * self.lambda_b[i]
+        return self.up(h.unsqueeze(-2) * self.lambda_d)
+
+    def up(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``B z`` for the latents ``(..., n_slices, r)`` of all slices in one matmul, and ``b``."""
+        return F.linear(latent, self.projection_b()), self.lambda_b
 
     def delta_weight(self) -> torch.Tensor:
         return self.lambda_b.unsqueeze(-1) * torch.matmul(

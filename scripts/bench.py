@@ -27,6 +27,8 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from importlib.metadata import version
+from importlib.util import find_spec
 from pathlib import Path
 
 import timm
@@ -255,27 +257,52 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def markdown(rows: list[dict]) -> str:
-    columns = [
-        "adapter",
-        "dtype",
-        "train_images_per_s",
-        "eval_images_per_s",
-        "step_over_floor",
-        "flops_over_floor",
-        "step/flops",
-        "merged_eval_over_bare",
-        "over_peft",
+COLUMNS = {  # row key -> column title
+    "adapter": "adapter",
+    "dtype": "dtype",
+    "train_images_per_s": "train img/s",
+    "eval_images_per_s": "eval img/s",
+    "step_over_floor": "step_over_floor",
+    "flops_over_floor": "flops_over_floor",
+    "step/flops": "step/flops",
+    "merged_eval_over_bare": "merged_eval_over_bare",
+    "over_peft": "over_peft",
+    "over_peft_pairs": "over_peft pairs q1–q3",
+    "over_peft_qv": "over_peft_qv",
+}
+
+
+def cell(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def render(report: dict) -> str:
+    """The Markdown summary of a ``results/bench/<name>.json`` report."""
+    meta, rows, probe = report["settings"], report["rows"], report["linear_probe"]
+    lines = [
+        f"`python scripts/bench.py` — {meta['backbone']} (random weights) at {meta['img_size']} px, batch "
+        f"{meta['batch_size']}, {meta['device']} ({meta['machine']}, {meta['threads']} threads); each time is the "
+        f"fastest of {meta['iters']} steps after {meta['warmup']} warm-up, run in alternating pairs with its "
+        f"reference; torch {meta['versions']['torch']}, timm {meta['versions']['timm']}"
+        f"{', peft ' + meta['versions']['peft'] if 'peft' in meta['versions'] else ''}, "
+        f"commit {meta['git_commit'][:10]}{' (dirty)' if meta['git_dirty'] else ''}."
     ]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        row = {**row, "step/flops": row["step_over_floor"] / row["flops_over_floor"]}
-        lines.append(
-            "| "
-            + " | ".join(f"{row[c]:.3f}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns)
-            + " |"
-        )
-    return "\n".join(lines)
+    if rows:
+        lines += ["", "| " + " | ".join(COLUMNS.values()) + " |", "|" + "---|" * len(COLUMNS)]
+        for row in rows:
+            if "over_peft_pair_q1" in row:
+                row = {**row, "over_peft_pairs": f"{row['over_peft_pair_q1']:.3f}–{row['over_peft_pair_q3']:.3f}"}
+            lines.append("| " + " | ".join(cell(row.get(key, "")) for key in COLUMNS) + " |")
+    if probe:
+        lines += [
+            "",
+            f"Linear probe, one {probe['epochs']}-epoch run on mnist5k (`experiment=demo`, tiny backbone), without "
+            f"/ with cached features: training (feature extraction included) {probe['uncached_train_s']:.1f} s / "
+            f"{probe['cached_train_s']:.2f} s = **{probe['train_speedup']:.0f}x**; whole run, with the test pass both "
+            f"do once, {probe['uncached_run_s']:.1f} s / {probe['cached_run_s']:.1f} s = {probe['run_speedup']:.1f}x; "
+            f"test top-1 {probe['uncached_top1']:.4f} / {probe['cached_top1']:.4f}.",
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -285,7 +312,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--adapters", nargs="+", default=sorted(ADAPTERS), choices=sorted(ADAPTERS))
-    parser.add_argument("--iters", type=int, default=5, help="timed steps per measurement (median)")
+    parser.add_argument("--iters", type=int, default=5, help="timed steps per measurement (the fastest counts)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-peft", action="store_true", help="skip the PEFT comparison")
@@ -298,7 +325,11 @@ def main() -> None:
     parser.add_argument("--probe-only", action="store_true", help="only the linear-probe comparison")
     parser.add_argument("--name", default=None, help="output name (default: <backbone>-<img>-b<batch>-<device>)")
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
+    parser.add_argument("--render", type=Path, help="rewrite the Markdown of an existing JSON report and exit")
     args = parser.parse_args()
+    if args.render:
+        args.render.with_suffix(".md").write_text(render(json.loads(args.render.read_text())))
+        return
     torch.set_num_threads(args.threads)
     code_version = git_state()  # the code as it was when the measurements started
     probe = linear_probe_speedup(args.probe_epochs) if args.probe_epochs else None
@@ -317,30 +348,14 @@ def main() -> None:
         "threads": args.threads,
         "device": "cpu",
         "machine": cpu_name(),
-        "versions": package_versions(),
+        "versions": {**package_versions(), **({"peft": version("peft")} if find_spec("peft") else {})},
         **code_version,
     }
+    report = {"settings": meta, "rows": rows, "linear_probe": probe}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{name}.json").write_text(
-        json.dumps({"settings": meta, "rows": rows, "linear_probe": probe}, indent=2) + "\n"
-    )
-    header = (
-        f"`python scripts/bench.py` — {meta['backbone']} at {meta['img_size']} px, batch {meta['batch_size']}, "
-        f"{meta['device']} ({meta['machine']}, {meta['threads']} threads), median of {meta['iters']} timed steps "
-        f"after {meta['warmup']} warm-up, each interleaved with its reference; torch {meta['versions']['torch']}, "
-        f"timm {meta['versions']['timm']}, commit {meta['git_commit'][:10]}{' (dirty)' if meta['git_dirty'] else ''}."
-    )
-    summary = header + "\n\n" + (markdown(rows) if rows else "")
-    if probe:
-        summary += (
-            f"\n\nLinear probe, one {probe['epochs']}-epoch run on mnist5k (`experiment=demo`, tiny backbone), "
-            f"without / with cached features: training (feature extraction included) {probe['uncached_train_s']:.1f} s"
-            f" / {probe['cached_train_s']:.2f} s = **{probe['train_speedup']:.0f}x**; whole run, with the test pass "
-            f"both do once, {probe['uncached_run_s']:.1f} s / {probe['cached_run_s']:.1f} s = "
-            f"{probe['run_speedup']:.1f}x; test top-1 {probe['uncached_top1']:.4f} / {probe['cached_top1']:.4f}."
-        )
-    (args.out / f"{name}.md").write_text(summary + "\n")
-    print(summary)
+    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"{name}.md").write_text(render(report))
+    print(render(report))
 
 
 if __name__ == "__main__":

@@ -143,6 +143,11 @@ def slice_view(tensor: torch.Tensor, slices: tuple[tuple[int, int], ...]) -> tor
     )
 
 
+def scale_gradient(grad_view: torch.Tensor, values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Gradient of a ``(n_slices, width)`` scale that multiplied ``values``: summed over tokens, in its dtype."""
+    return (grad_view * values).flatten(0, -3).sum(0, dtype=scale.dtype)
+
+
 class AddIntoSlices(torch.autograd.Function):
     """``out[..., slice_i] += update[..., i, :] (⊙ scale[i])`` for every slice, in place, in one op.
 
@@ -174,7 +179,7 @@ class AddIntoSlices(torch.autograd.Function):
             return grad, None, grad_view, None
         grad_scale = None
         if ctx.needs_input_grad[3]:
-            grad_scale = (grad_view * update).flatten(0, -3).sum(0, dtype=scale.dtype)
+            grad_scale = scale_gradient(grad_view, update, scale)
         return grad, None, grad_view * scale.to(grad.dtype), grad_scale
 
 

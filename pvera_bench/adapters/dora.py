@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pvera_bench.adapters.base import register_adapter, slice_view
+from pvera_bench.adapters.base import register_adapter, scale_gradient, slice_view
 from pvera_bench.adapters.lora import LoraConfig, LoraLinear, low_rank_targets
 
 
@@ -41,12 +41,11 @@ class RescaleSlices(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         combined, scale = ctx.saved_tensors
-        grad_combined = slice_view(grad, ctx.slices) * scale.to(grad.dtype)
+        grad_view = slice_view(grad, ctx.slices)
+        grad_combined = grad_view * scale.to(grad.dtype)
         grad_out = grad.clone()
         slice_view(grad_out, ctx.slices).copy_(grad_combined)
-        grad_scale = None
-        if ctx.needs_input_grad[3]:
-            grad_scale = (slice_view(grad, ctx.slices) * combined).flatten(0, -3).sum(0, dtype=scale.dtype)
+        grad_scale = scale_gradient(grad_view, combined, scale) if ctx.needs_input_grad[3] else None
         return grad_out, None, grad_combined, grad_scale
 
 

@@ -149,49 +149,36 @@ def scale_gradient(grad_view: torch.Tensor, values: torch.Tensor, scale: torch.T
 
 
 class AddIntoSlices(torch.autograd.Function):
-    """``out[..., slice_i] += update[..., i, :] (⊙ scale[i])`` for every slice, in place, in one op.
+    """``out[..., slice_i] += update[..., i, :]`` for every slice, in place, in one op.
 
     Autograd's own in-place add on a slice view copies the whole gradient of ``out`` once per
     slice in the backward pass; here the gradient of ``out`` passes through untouched and the
-    update receives a strided view of it. A ``scale`` (``(n_slices, width)``, e.g. VeRA's
-    ``b``) is fused into the add and gets its gradient summed over the leading dims. Under
-    bf16 autocast the update-sized products stay in the update's dtype (the scale, a vector,
-    is cast) and the scale's gradient is accumulated in the scale's own dtype.
+    update receives a strided view of it.
     """
 
     @staticmethod
-    def forward(ctx, out, slices, update, scale):
-        target = slice_view(out, slices)
-        if scale is None:
-            target.add_(update)
-        else:
-            target.addcmul_(update, scale.to(update.dtype))
+    def forward(ctx, out, slices, update):
+        slice_view(out, slices).add_(update)
         ctx.mark_dirty(out)
         ctx.slices = slices
-        ctx.save_for_backward(update if scale is not None else None, scale)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        update, scale = ctx.saved_tensors
-        grad_view = slice_view(grad, ctx.slices)
-        if scale is None:
-            return grad, None, grad_view, None
-        grad_scale = None
-        if ctx.needs_input_grad[3]:
-            grad_scale = scale_gradient(grad_view, update, scale)
-        return grad, None, grad_view * scale.to(grad.dtype), grad_scale
+        return grad, None, slice_view(grad, ctx.slices)
 
 
 class SlicedUpdate(nn.Module):
     """Base of layers that add a per-slice update to a frozen Linear's output.
 
-    Subclasses implement ``slice_updates(x)``, returning the updates of all slices as one
-    ``(..., n_slices, slice_width)`` tensor and a ``(n_slices, slice_width)`` scale that
-    multiplies them, or None; and ``delta_weight()``, the equivalent weight update of shape
-    ``(n_slices, slice_width, in)``. The updates are added in place into their columns of
+    Subclasses implement ``slice_updates(x)``, returning the arguments after ``slices`` of
+    ``add_into_slices`` (by default :class:`AddIntoSlices`: the updates of all slices as one
+    ``(..., n_slices, slice_width)`` tensor); and ``delta_weight()``, the equivalent weight
+    update of shape ``(n_slices, slice_width, in)``. The updates are added in place into their columns of
     the base output: no zero blocks, no concatenation.
     """
+
+    add_into_slices: type[torch.autograd.Function] = AddIntoSlices
 
     def __init__(self, base_layer: nn.Linear, slices: tuple[tuple[int, int], ...]) -> None:
         super().__init__()
@@ -205,7 +192,7 @@ class SlicedUpdate(nn.Module):
         self.in_features = base_layer.in_features
         self.out_features = base_layer.out_features
 
-    def slice_updates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def slice_updates(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
     def delta_weight(self) -> torch.Tensor:
@@ -216,7 +203,7 @@ class SlicedUpdate(nn.Module):
         # does not make autograd copy the whole gradient (it would for a view). F.linear does not
         # keep its output for the backward pass, so the in-place add is safe.
         tokens = x.reshape(-1, self.in_features)
-        out = AddIntoSlices.apply(self.base_layer(tokens), self.slices, *self.slice_updates(tokens))
+        out = self.add_into_slices.apply(self.base_layer(tokens), self.slices, *self.slice_updates(tokens))
         return out.view(*x.shape[:-1], self.out_features)
 
     def merged_layer(self) -> nn.Linear:

@@ -73,7 +73,7 @@ class DoraLinear(LoraLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x.reshape(-1, self.in_features)
         out = F.linear(tokens, self.base_layer.weight)  # without bias: the scale applies to W x + ΔW x only
-        update, _ = self.slice_updates(tokens)
+        (update,) = self.slice_updates(tokens)
         out = RescaleSlices.apply(out, self.slices, update, self.magnitude_scale())
         if self.base_layer.bias is not None:
             out.add_(self.base_layer.bias)

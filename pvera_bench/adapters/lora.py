@@ -54,12 +54,12 @@ class LoraLinear(SlicedUpdate):
         """``(alpha / r) · A x`` for all slices at once, ``(..., n_slices · r)``: one matmul, scaled at rank r."""
         return F.linear(self.lora_dropout(x), self.lora_A.flatten(0, 1)) * self.scaling
 
-    def slice_updates(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def slice_updates(self, x: torch.Tensor) -> tuple[torch.Tensor]:
         h = self.down(x)  # (..., n · r)
         lead = h.shape[:-1]
         per_slice = h.reshape(-1, len(self.slices), self.r).transpose(0, 1)  # (n, tokens, r)
         update = torch.bmm(per_slice, self.lora_B.transpose(1, 2).to(per_slice.dtype))  # (n, tokens, width)
-        return update.transpose(0, 1).unflatten(0, lead), None
+        return (update.transpose(0, 1).unflatten(0, lead),)
 
     def delta_weight(self) -> torch.Tensor:
         return torch.matmul(self.lora_B, self.lora_A) * self.scaling

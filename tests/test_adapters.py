@@ -11,6 +11,7 @@ from conftest import perturb, tiny_vit
 from pvera_bench.adapters import ADAPTERS, adapter_parameters, apply_adapter, merge_adapter, set_sampling_mode
 from pvera_bench.adapters.base import AddIntoSlices, regularization_loss, slice_view
 from pvera_bench.adapters.dora import RescaleSlices
+from pvera_bench.adapters.ia3 import ScaledFrozenLinear
 from pvera_bench.adapters.pvera import SampleLatent
 from pvera_bench.adapters.vera import AddScaledProjection
 
@@ -178,7 +179,7 @@ def test_pvera_latent_and_kl_match_the_formula_and_finite_differences():
     torch.testing.assert_close(kl, 0.5 * (mu.square() + logvar.exp() - 1 - logvar).mean())
 
 
-@pytest.mark.parametrize("name", ["lora", "vera", "pvera", "dora"])
+@pytest.mark.parametrize("name", ["lora", "vera", "pvera", "dora", "ia3"])
 def test_bf16_autocast_gradients_are_close_to_fp32(name, images):
     """The hand-written backward passes cast between bf16 products and fp32 parameters correctly."""
     model = apply_adapter(tiny_vit(), name).train()
@@ -195,6 +196,22 @@ def test_bf16_autocast_gradients_are_close_to_fp32(name, images):
         assert grads[True][param_name].dtype == torch.float32
         error = (grads[True][param_name] - fp32).norm() / fp32.norm()
         assert error < 0.03, (param_name, error.item())
+
+
+@pytest.mark.parametrize("on_input", [True, False], ids=["feedforward", "output"])
+def test_ia3_scaled_linear_matches_the_formula_and_finite_differences(on_input):
+    generator = torch.Generator().manual_seed(4)
+    weight, bias = torch.randn(5, 4, generator=generator, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    x = torch.randn(6, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    scale = torch.randn(4 if on_input else 5, generator=generator, dtype=torch.float64, requires_grad=True)
+
+    def scaled_linear(x, scale):
+        return ScaledFrozenLinear.apply(x, scale, weight, bias, on_input)
+
+    assert torch.autograd.gradcheck(scaled_linear, (x, scale))
+    plain = torch.nn.functional.linear
+    expected = plain(x * scale, weight, bias) if on_input else scale * plain(x, weight, bias)
+    torch.testing.assert_close(scaled_linear(x, scale), expected)
 
 
 def test_slices_must_be_evenly_spaced():

@@ -148,6 +148,15 @@ def scale_gradient(grad_view: torch.Tensor, values: torch.Tensor, scale: torch.T
     return (grad_view * values).flatten(0, -3).sum(0, dtype=scale.dtype)
 
 
+def layer_tokens(x: torch.Tensor, in_features: int) -> torch.Tensor:
+    """``x`` as 2-D tokens; under autocast cast once, so the base layer and the adapter share one cast."""
+    tokens = x.reshape(-1, in_features)
+    device = tokens.device.type
+    if torch.is_autocast_enabled(device):
+        tokens = tokens.to(torch.get_autocast_dtype(device))
+    return tokens
+
+
 class AddIntoSlices(torch.autograd.Function):
     """``out[..., slice_i] += update[..., i, :]`` for every slice, in place, in one op.
 
@@ -202,7 +211,7 @@ class SlicedUpdate(nn.Module):
         # On 2-D input the base output is a tensor of its own, not a view: adding into it in place
         # does not make autograd copy the whole gradient (it would for a view). F.linear does not
         # keep its output for the backward pass, so the in-place add is safe.
-        tokens = x.reshape(-1, self.in_features)
+        tokens = layer_tokens(x, self.in_features)
         out = self.add_into_slices.apply(self.base_layer(tokens), self.slices, *self.slice_updates(tokens))
         return out.view(*x.shape[:-1], self.out_features)
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pvera_bench.adapters.base import register_adapter, scale_gradient, slice_view
+from pvera_bench.adapters.base import layer_tokens, register_adapter, scale_gradient, slice_view
 from pvera_bench.adapters.lora import LoraConfig, LoraLinear, low_rank_targets
 
 
@@ -71,7 +71,7 @@ class DoraLinear(LoraLinear):
         return slice_view(self.base_layer.weight.T, self.slices).permute(1, 2, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = x.reshape(-1, self.in_features)
+        tokens = layer_tokens(x, self.in_features)
         out = F.linear(tokens, self.base_layer.weight)  # without bias: the scale applies to W x + ΔW x only
         (update,) = self.slice_updates(tokens)
         out = RescaleSlices.apply(out, self.slices, update, self.magnitude_scale())

@@ -175,16 +175,16 @@ def bench_dtype(args, dtype: str) -> list[dict]:
         }
         row["step/flops"] = row["step_over_floor"] / row["flops_over_floor"]
         eval_step = Workload(model, images, labels, dtype, train=False)
-        evaluation = paired_ratio(eval_step, bare_eval, args.iters, args.warmup)
+        evaluation = paired_ratio(eval_step, bare_eval, args.eval_iters, args.warmup)
         row["eval_images_per_s"] = args.batch_size / evaluation["a_s"]
         if name in MERGEABLE:
             merged = Workload(merge_adapter(copy.deepcopy(model).eval()), images, labels, dtype, train=False)
-            row["merged_eval_over_bare"] = paired_ratio(merged, bare_eval, args.iters, args.warmup)["ratio"]
+            row["merged_eval_over_bare"] = paired_ratio(merged, bare_eval, args.eval_iters, args.warmup)["ratio"]
         if name in PEFT_CONFIGS and not args.no_peft:
             on_fused_qkv = apply_adapter(copy.deepcopy(bare), name, **PEFT_CONFIGS[name][2])
             ours = Workload(on_fused_qkv, images, labels, dtype, train=True)
             theirs = Workload(peft_model(bare, name), images, labels, dtype, train=True)
-            fused = paired_ratio(ours, theirs, args.iters, args.warmup)
+            fused = paired_ratio(ours, theirs, args.peft_iters, args.warmup)
             row.update(
                 over_peft=fused["ratio"],
                 over_peft_pair_q1=fused["pair_q1"],
@@ -192,7 +192,7 @@ def bench_dtype(args, dtype: str) -> list[dict]:
                 peft_images_per_s=args.batch_size / fused["b_s"],
             )
             theirs_qv = Workload(peft_model(bare, name, qv=True), images, labels, dtype, train=True)
-            row["over_peft_qv"] = paired_ratio(step, theirs_qv, args.iters, args.warmup)["ratio"]
+            row["over_peft_qv"] = paired_ratio(step, theirs_qv, args.peft_iters, args.warmup)["ratio"]
             del on_fused_qkv, ours, theirs, theirs_qv
         rows.append(row)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
@@ -282,8 +282,9 @@ def render(report: dict) -> str:
     lines = [
         f"`python scripts/bench.py` — {meta['backbone']} (random weights) at {meta['img_size']} px, batch "
         f"{meta['batch_size']}, {meta['device']} ({meta['machine']}, {meta['threads']} threads); each time is the "
-        f"fastest of {meta['iters']} steps after {meta['warmup']} warm-up, run in alternating pairs with its "
-        f"reference; torch {meta['versions']['torch']}, timm {meta['versions']['timm']}"
+        f"fastest of {meta['iters']} steps ({meta.get('eval_iters', meta['iters'])} for eval passes, "
+        f"{meta.get('peft_iters', meta['iters'])} against PEFT) after {meta['warmup']} warm-up, run in alternating "
+        f"pairs with its reference; torch {meta['versions']['torch']}, timm {meta['versions']['timm']}"
         f"{', peft ' + meta['versions']['peft'] if 'peft' in meta['versions'] else ''}, "
         f"commit {meta['git_commit'][:10]}{' (dirty)' if meta['git_dirty'] else ''}."
     ]
@@ -313,6 +314,8 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--adapters", nargs="+", default=sorted(ADAPTERS), choices=sorted(ADAPTERS))
     parser.add_argument("--iters", type=int, default=5, help="timed steps per measurement (the fastest counts)")
+    parser.add_argument("--eval-iters", type=int, default=15, help="timed eval passes per measurement (short: more)")
+    parser.add_argument("--peft-iters", type=int, default=10, help="timed steps per comparison with PEFT")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-peft", action="store_true", help="skip the PEFT comparison")
@@ -344,6 +347,8 @@ def main() -> None:
         "img_size": args.img_size,
         "batch_size": args.batch_size,
         "iters": args.iters,
+        "eval_iters": args.eval_iters,
+        "peft_iters": args.peft_iters,
         "warmup": args.warmup,
         "threads": args.threads,
         "device": "cpu",

@@ -12,7 +12,8 @@ from conftest import run_script
 
 def test_bench_writes_report_and_table(tmp_path):
     args = ["--backbone", "vit_tiny_patch16_224", "--img-size", "32", "--adapters", "lora", "pvera", "linear"]
-    args += ["--dtypes", "fp32", "bf16", "--iters", "2", "--warmup", "0", "--probe-epochs", "0"]
+    args += ["--dtypes", "fp32", "bf16", "--iters", "2", "--eval-iters", "2", "--peft-iters", "2"]
+    args += ["--warmup", "0", "--probe-epochs", "0"]
     result = run_script("scripts/bench.py", *args, "--name", "tiny", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "tiny.json").read_text())

@@ -183,8 +183,8 @@ class SlicedUpdate(nn.Module):
     Subclasses implement ``slice_updates(x)``, returning the arguments after ``slices`` of
     ``add_into_slices`` (by default :class:`AddIntoSlices`: the updates of all slices as one
     ``(..., n_slices, slice_width)`` tensor); and ``delta_weight()``, the equivalent weight
-    update of shape ``(n_slices, slice_width, in)``. The updates are added in place into their columns of
-    the base output: no zero blocks, no concatenation.
+    update of shape ``(n_slices, slice_width, in)``. The updates are added in place into
+    their columns of the base output: no zero blocks, no concatenation.
     """
 
     add_into_slices: type[torch.autograd.Function] = AddIntoSlices

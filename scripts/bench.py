@@ -282,8 +282,8 @@ def render(report: dict) -> str:
     lines = [
         f"`python scripts/bench.py` — {meta['backbone']} (random weights) at {meta['img_size']} px, batch "
         f"{meta['batch_size']}, {meta['device']} ({meta['machine']}, {meta['threads']} threads); each time is the "
-        f"fastest of {meta['iters']} steps ({meta.get('eval_iters', meta['iters'])} for eval passes, "
-        f"{meta.get('peft_iters', meta['iters'])} against PEFT) after {meta['warmup']} warm-up, run in alternating "
+        f"fastest of {meta['iters']} steps ({meta['eval_iters']} for eval passes, "
+        f"{meta['peft_iters']} against PEFT) after {meta['warmup']} warm-up, run in alternating "
         f"pairs with its reference; torch {meta['versions']['torch']}, timm {meta['versions']['timm']}"
         f"{', peft ' + meta['versions']['peft'] if 'peft' in meta['versions'] else ''}, "
         f"commit {meta['git_commit'][:10]}{' (dirty)' if meta['git_dirty'] else ''}."
@@ -359,8 +359,9 @@ def main() -> None:
     report = {"settings": meta, "rows": rows, "linear_probe": probe}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / f"{name}.md").write_text(render(report))
-    print(render(report))
+    table = render(report)
+    (args.out / f"{name}.md").write_text(table)
+    print(table)
 
 
 if __name__ == "__main__":

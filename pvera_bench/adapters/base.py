@@ -126,15 +126,19 @@ def output_slices(path: str, layer: nn.Linear, qkv_slices: list[str] | None) -> 
     return tuple((QKV_NAMES.index(s) * width, (QKV_NAMES.index(s) + 1) * width) for s in qkv_slices)
 
 
-def slice_view(tensor: torch.Tensor, slices: tuple[tuple[int, int], ...]) -> torch.Tensor:
-    """The columns of ``slices`` as a view ``(..., n_slices, width)`` of ``tensor`` (no copy).
-
-    The slices must have one width and be evenly spaced, as any subset of q, k, v is.
-    """
+def slice_step(slices: tuple[tuple[int, int], ...]) -> int:
+    """The distance between consecutive slices; they must have one width and be evenly spaced (as q, k, v are)."""
     first, width = slices[0][0], slices[0][1] - slices[0][0]
     step = slices[1][0] - first if len(slices) > 1 else width
     if any(start != first + i * step or end - start != width for i, (start, end) in enumerate(slices)):
         raise ValueError(f"slices must have one width and be evenly spaced, got {slices}")
+    return step
+
+
+def slice_view(tensor: torch.Tensor, slices: tuple[tuple[int, int], ...]) -> torch.Tensor:
+    """The columns of ``slices`` (see :func:`slice_step`) as a view ``(..., n_slices, width)`` of ``tensor``."""
+    step, (first, stop) = slice_step(slices), slices[0]
+    width = stop - first
     column = tensor.stride(-1)
     return tensor.as_strided(
         (*tensor.shape[:-1], len(slices), width),
@@ -194,7 +198,7 @@ class SlicedUpdate(nn.Module):
         widths = {stop - start for start, stop in slices}
         if len(widths) != 1:
             raise ValueError(f"all adapted slices of a layer must have the same width, got {slices}")
-        slice_view(base_layer.weight.T, slices)  # checks that the slices are evenly spaced
+        slice_step(slices)  # the updates are added through slice_view: evenly spaced slices only
         self.base_layer = base_layer
         self.slices = slices
         self.slice_width = widths.pop()

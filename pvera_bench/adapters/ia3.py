@@ -64,17 +64,13 @@ class ScaledFrozenLinear(torch.autograd.Function):
         scaled, scale, weight = ctx.saved_tensors
         needs_x, needs_scale = ctx.needs_input_grad[:2]
         grad_x = grad_scale = None
-        if ctx.on_input:
-            grad_in = grad @ weight
-            if needs_scale:
-                grad_scale = (grad_in * scaled).sum(0, dtype=scale.dtype)
-            if needs_x:
-                grad_x = grad_in.mul_(scale.to(grad_in.dtype))
-        else:
-            if needs_scale:
-                grad_scale = (grad * scaled).sum(0, dtype=scale.dtype)
-            if needs_x:
-                grad_x = grad @ (scale.unsqueeze(-1) * weight).to(grad.dtype)
+        grad_scaled = grad @ weight if ctx.on_input else grad  # the gradient of what l multiplied
+        if needs_scale:
+            grad_scale = (grad_scaled * scaled).sum(0, dtype=scale.dtype)
+        if needs_x and ctx.on_input:
+            grad_x = grad_scaled.mul_(scale.to(grad_scaled.dtype))
+        elif needs_x:
+            grad_x = grad @ (scale.unsqueeze(-1) * weight).to(grad.dtype)
         return grad_x, grad_scale, None, None, None
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from pvera_bench.adapters import regularization_loss, set_sampling_mode
+from pvera_bench.adapters import adapter_loss, sample_latents
 from pvera_bench.config import ProtocolConfig, SamplingConfig, TrainerConfig
 from pvera_bench.data import SplitData
 from pvera_bench.errors import UserError
@@ -160,7 +160,7 @@ def train_one_epoch(
         with autocast(runtime.device, runtime.bf16):
             logits = model(runtime.normalize(images))
         loss = F.cross_entropy(logits.float(), labels)
-        regularization = regularization_loss(model)
+        regularization = adapter_loss(model)
         if regularization is not None:
             loss = loss + regularization_weight * regularization.float()
         optimizer.zero_grad(set_to_none=True)
@@ -186,14 +186,14 @@ def predict(
     """
     model.eval()
     passes = sampling.n if sampling.mode == "mc" else 1
-    set_sampling_mode(model, "random" if sampling.mode == "mc" else sampling.mode)
     probs, stds = [], []
     bar = tqdm(total=len(data), desc="eval", disable=not runtime.progress or len(data) < 5000, leave=False)
+    latent = "random" if sampling.mode == "mc" else sampling.mode
     for images, _ in batches(data, batch_size, runtime.device):
         inputs = runtime.normalize(images)
         samples = []
         for _ in range(passes):
-            with autocast(runtime.device, runtime.bf16):
+            with autocast(runtime.device, runtime.bf16), sample_latents(model, latent):
                 samples.append(model(inputs).float().softmax(dim=-1))
         stacked = torch.stack(samples)
         mean = stacked.mean(dim=0)

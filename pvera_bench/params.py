@@ -13,8 +13,8 @@ import sys
 from hydra import compose, initialize_config_dir
 
 from pvera_bench.cli import CONF_DIR, run_cli
-from pvera_bench.config import register_configs
-from pvera_bench.run import build_model, count_parameters, validate
+from pvera_bench.config import register_configs, validate
+from pvera_bench.model import build_model, count_parameters
 
 
 def parameter_report(overrides: list[str]) -> dict:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
-import itertools
 import json
 import logging
 import shutil
@@ -30,17 +29,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from pvera_bench.adapters import (
-    ADAPTERS,
     adapter_parameters,
-    apply_adapter,
-    head_parameters,
     is_mergeable,
     is_stochastic,
     merge_adapter,
 )
-from pvera_bench.backbone import create_backbone, input_spec
-from pvera_bench.config import SAMPLING_MODES, VTAB_GROUPS
-from pvera_bench.data import SPLITS, SplitData, load_split, locate_task
+from pvera_bench.backbone import input_spec
+from pvera_bench.config import validate
+from pvera_bench.data import SplitData, load_split, locate_task
 from pvera_bench.data.mnist5k import build_mnist5k
 from pvera_bench.engine import (
     STOP_REQUESTED,
@@ -57,118 +53,16 @@ from pvera_bench.engine import (
     seed_everything,
 )
 from pvera_bench.errors import UserError
+from pvera_bench.grid import grid_points, with_point
 from pvera_bench.loggers import NullLogger
+from pvera_bench.model import build_model, count_parameters
 from pvera_bench.results import git_state, package_versions, result_path, write_json
 
 log = logging.getLogger(__name__)
 
 OFFLINE_BUILDERS = {"mnist5k": build_mnist5k}  # tasks that need no download
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, the status a scheduler expects from a terminated job
-LOGGER_MODULE = "pvera_bench.loggers."
 MIN_FREE_BYTES = 256 << 20  # a results folder with less free space fails before training
-SELECT_METRICS = ("nll", "top1")
-
-
-def grid_points(cfg: DictConfig) -> list[dict[str, Any]]:
-    """Every combination of the adapter's grid values (``[{}]`` when it has no grid)."""
-    space = cfg.grid.get(cfg.adapter.name) or {}
-    keys = sorted(space)
-    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(space[k] for k in keys))] or [{}]
-
-
-def with_point(cfg: DictConfig, point: dict[str, Any]) -> DictConfig:
-    """A copy of the config with one grid point's values set."""
-    updated = copy.deepcopy(cfg)
-    for key, value in point.items():
-        OmegaConf.update(updated, key, value, merge=False)
-    return updated
-
-
-def validate_adapter(cfg: DictConfig) -> None:
-    hparams = OmegaConf.to_container(cfg.adapter, resolve=True)
-    name = hparams.pop("name", None)
-    if name not in ADAPTERS:
-        raise UserError(f"adapter.name={name!r} is not registered; choose one of {', '.join(sorted(ADAPTERS))}")
-    try:
-        ADAPTERS[name].config_cls(name=name, **hparams)
-    except (TypeError, ValueError) as error:
-        raise UserError(f"adapter={name}: {error}") from None
-
-
-def validate(cfg: DictConfig) -> None:
-    """Reject bad values and combinations in one line each, before anything is built."""
-    validate_adapter(cfg)
-    for point in grid_points(cfg):
-        for key in point:
-            if OmegaConf.select(cfg, key, default="<missing>") == "<missing>":
-                raise UserError(f"grid.{cfg.adapter.name}: {key} is not a config key")
-        if point:
-            validate_adapter(with_point(cfg, point))
-    logger_target = (cfg.logger or {}).get("_target_", "pvera_bench.loggers.NullLogger")
-    if not str(logger_target).startswith(LOGGER_MODULE):
-        raise UserError(
-            f"logger._target_={logger_target} is not a class of {LOGGER_MODULE}: configs are data, and only "
-            "pvera_bench's own loggers are instantiated from them"
-        )
-    protocol, trainer = cfg.protocol, cfg.trainer
-    checks = [
-        (cfg.sampling.mode in SAMPLING_MODES, f"sampling.mode={cfg.sampling.mode} must be one of {SAMPLING_MODES}"),
-        (cfg.sampling.n >= 1, f"sampling.n={cfg.sampling.n} must be >= 1"),
-        (cfg.dataset.beta > 0, f"dataset.beta={cfg.dataset.beta} must be positive (the KL weight is 1/beta)"),
-        (cfg.dataset.num_classes >= 2, f"dataset.num_classes={cfg.dataset.num_classes} must be >= 2"),
-        (cfg.dataset.group in VTAB_GROUPS, f"dataset.group={cfg.dataset.group} must be one of {VTAB_GROUPS}"),
-        (protocol.train_split in SPLITS, f"protocol.train_split={protocol.train_split} must be one of {SPLITS}"),
-        (protocol.val_split in (*SPLITS, None), f"protocol.val_split={protocol.val_split} must be in {SPLITS} or null"),
-        (
-            protocol.retrain_split in (*SPLITS, None),
-            f"protocol.retrain_split={protocol.retrain_split} must be in {SPLITS} or null",
-        ),
-        ("test" not in (protocol.train_split, protocol.val_split, protocol.retrain_split), "test data may only test"),
-        (protocol.select_metric in SELECT_METRICS, f"protocol.select_metric must be one of {SELECT_METRICS}"),
-        (protocol.patience >= 1, f"protocol.patience={protocol.patience} must be >= 1"),
-        (
-            0 <= protocol.min_rel_improvement < 1,
-            f"protocol.min_rel_improvement={protocol.min_rel_improvement} must be in [0, 1)",
-        ),
-        (cfg.seed >= 0, f"seed={cfg.seed} must be >= 0"),
-        (cfg.data.decode_workers >= 1, f"data.decode_workers={cfg.data.decode_workers} must be >= 1"),
-        (
-            cfg.backbone.img_size is None or cfg.backbone.img_size >= 1,
-            f"backbone.img_size={cfg.backbone.img_size} must be >= 1 (or null for the model's own)",
-        ),
-        (
-            protocol.val_split is not None or len(grid_points(cfg)) == 1,
-            "a grid needs protocol.val_split to choose a point (or use grid=none)",
-        ),
-        (trainer.epochs >= 1, f"trainer.epochs={trainer.epochs} must be >= 1"),
-        (trainer.batch_size >= 1, f"trainer.batch_size={trainer.batch_size} must be >= 1"),
-        (trainer.eval_batch_size >= 1, f"trainer.eval_batch_size={trainer.eval_batch_size} must be >= 1"),
-        (trainer.lr > 0, f"trainer.lr={trainer.lr} must be positive"),
-        (trainer.weight_decay >= 0, f"trainer.weight_decay={trainer.weight_decay} must be >= 0"),
-        (trainer.scheduler in ("constant", "cosine"), f"trainer.scheduler={trainer.scheduler} must be constant/cosine"),
-        (
-            0 <= trainer.warmup_epochs < trainer.epochs,
-            f"trainer.warmup_epochs={trainer.warmup_epochs} must be in [0, trainer.epochs)",
-        ),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
-
-
-def build_model(cfg: DictConfig) -> nn.Module:
-    """Backbone with a fresh head for the task, the adapter injected, everything else frozen."""
-    model = create_backbone(cfg.backbone, cfg.dataset.num_classes)
-    hparams = OmegaConf.to_container(cfg.adapter, resolve=True)
-    return apply_adapter(model, hparams.pop("name"), **hparams)
-
-
-def count_parameters(model: nn.Module) -> dict[str, int]:
-    return {
-        "adapter_params": sum(p.numel() for p in adapter_parameters(model).values()),
-        "head_params": sum(p.numel() for p in head_parameters(model).values()),
-        "total_params": sum(p.numel() for p in model.parameters()),
-    }
 
 
 def ensure_writable(folder: Path) -> None:

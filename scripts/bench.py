@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from pvera_bench.adapters import ADAPTERS, apply_adapter, merge_adapter, regularization_loss
+from pvera_bench.adapters import ADAPTERS, adapter_loss, apply_adapter, merge_adapter
 from pvera_bench.peft_compat import split_qkv
 from pvera_bench.results import git_state, package_versions
 
@@ -93,7 +93,7 @@ class Workload:
             images.grad = None
             return
         loss = F.cross_entropy(logits.float(), self.labels)
-        regularization = regularization_loss(self.model)
+        regularization = adapter_loss(self.model)
         if regularization is not None:
             loss = loss + 1e-6 * regularization
         loss.backward()

@@ -20,12 +20,12 @@ from torch import nn
 from pvera_bench.adapters.base import (
     ADAPTERS,
     AdapterConfig,
+    AdapterSpec,
+    adapter_loss,
     adapter_parameters,
     head_parameters,
-    is_stochastic,
     mark_trainable,
-    regularization_loss,
-    set_sampling_mode,
+    sample_latents,
 )
 
 for _module in pkgutil.iter_modules(__path__):
@@ -35,14 +35,14 @@ for _module in pkgutil.iter_modules(__path__):
 __all__ = [
     "ADAPTERS",
     "AdapterConfig",
+    "adapter_loss",
     "adapter_parameters",
     "apply_adapter",
     "head_parameters",
     "is_mergeable",
     "is_stochastic",
     "merge_adapter",
-    "regularization_loss",
-    "set_sampling_mode",
+    "sample_latents",
 ]
 
 
@@ -69,14 +69,22 @@ def apply_adapter(model: nn.Module, name: str, **hparams) -> nn.Module:
     return model
 
 
+def adapter_spec(model: nn.Module) -> AdapterSpec | None:
+    """The registry entry of the adapter applied to ``model`` (None: none applied, or merged)."""
+    config = getattr(model, "adapter_config", None)
+    return None if config is None else ADAPTERS[config.name]
+
+
 def is_mergeable(model: nn.Module) -> bool:
     """Whether :func:`merge_adapter` can fold this model's adapter into its weights."""
-    wrapped = [m for m in model.modules() if hasattr(m, "base_layer")]
-    return (
-        getattr(model, "adapter_config", None) is not None
-        and bool(wrapped)
-        and all(hasattr(m, "merged_layer") for m in wrapped)
-    )
+    spec = adapter_spec(model)
+    return spec is not None and spec.mergeable
+
+
+def is_stochastic(model: nn.Module) -> bool:
+    """Whether this model's adapter samples (a test-time ``sampling`` mode and an ``adapter_loss``)."""
+    spec = adapter_spec(model)
+    return spec is not None and spec.stochastic
 
 
 def merge_adapter(model: nn.Module) -> nn.Module:
@@ -87,9 +95,9 @@ def merge_adapter(model: nn.Module) -> nn.Module:
     config = getattr(model, "adapter_config", None)
     if config is None:
         raise ValueError("model has no adapter: call apply_adapter first")
-    wrapped = [(name, m) for name, m in model.named_modules() if hasattr(m, "base_layer")]
-    if any(not hasattr(m, "merged_layer") for _, m in wrapped):
+    if not ADAPTERS[config.name].mergeable:
         raise ValueError(f"adapter {config.name!r} changes the network's structure and cannot be merged")
+    wrapped = [(name, m) for name, m in model.named_modules() if hasattr(m, "base_layer")]
     for name, module in wrapped:
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name), attr, module.merged_layer())

@@ -9,7 +9,8 @@ how :func:`mark_trainable` decides what trains.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -62,12 +63,22 @@ class TargetedConfig(AdapterConfig):
 
 @dataclass(frozen=True)
 class AdapterSpec:
-    """A registered adapter: how to configure it, inject it, and which prefix trains."""
+    """A registered adapter: how to configure and inject it, and what it is.
+
+    Args:
+        prefix: parameter names with a part starting with it train (with the head); None: only the
+            head trains (linear probe); ``"*"``: the whole backbone trains.
+        mergeable: :func:`merge_adapter` can fold it into the base weights.
+        stochastic: it samples at training time, has a test-time :func:`sample_latents` mode and an
+            :func:`adapter_loss`.
+    """
 
     name: str
     config_cls: type[AdapterConfig]
     inject: Callable[[nn.Module, AdapterConfig], None]
-    prefix: str | None  # None: no adapter tensors (linear probe); "*": the whole backbone trains
+    prefix: str | None
+    mergeable: bool = False
+    stochastic: bool = False
 
 
 ADAPTERS: dict[str, AdapterSpec] = {}
@@ -78,11 +89,13 @@ def register_adapter(
     config_cls: type[AdapterConfig],
     inject: Callable[[nn.Module, AdapterConfig], None],
     prefix: str | None,
+    mergeable: bool = False,
+    stochastic: bool = False,
 ) -> None:
     """Make an adapter available by name to :func:`apply_adapter` and the ``adapter`` config group."""
     if name in ADAPTERS:
         raise ValueError(f"adapter {name!r} is registered twice")
-    ADAPTERS[name] = AdapterSpec(name=name, config_cls=config_cls, inject=inject, prefix=prefix)
+    ADAPTERS[name] = AdapterSpec(name, config_cls, inject, prefix, mergeable, stochastic)
 
 
 @dataclass(frozen=True)
@@ -247,25 +260,42 @@ def head_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad and n.startswith("head.")}
 
 
-def regularization_loss(model: nn.Module) -> torch.Tensor | None:
-    """Sum and clear the ``regularization`` terms (PVeRA's KL) left by the last training forward."""
-    terms = []
-    for module in model.modules():
-        if getattr(module, "regularization", None) is not None:
-            terms.append(module.regularization)
-            module.regularization = None
+SAMPLE_MODES = ("mean", "random", "fixed")  # the latent a stochastic layer uses at test time
+
+
+class StochasticLayer(nn.Module):
+    """A layer with a sampled latent: training always samples; at test time ``sample_mode`` chooses.
+
+    Subclasses keep what their last training forward needs for :meth:`kl` and return it there.
+    """
+
+    sample_mode: str = "mean"
+
+    def kl(self) -> torch.Tensor | None:
+        """The regularisation term of the last training forward (None when there was none)."""
+        raise NotImplementedError
+
+
+def adapter_loss(model: nn.Module) -> torch.Tensor | None:
+    """The sum of every stochastic layer's KL term from the last training forward (None: no such term)."""
+    terms = [kl for m in model.modules() if isinstance(m, StochasticLayer) and (kl := m.kl()) is not None]
     return torch.stack(terms).sum() if terms else None
 
 
-def set_sampling_mode(model: nn.Module, mode: str) -> None:
-    """Set the eval-time sampling mode of every stochastic layer (training always samples)."""
-    for module in model.modules():
-        if hasattr(module, "sample_mode"):
-            module.sample_mode = mode
-
-
-def is_stochastic(model: nn.Module) -> bool:
-    return any(hasattr(m, "sample_mode") for m in model.modules())
+@contextlib.contextmanager
+def sample_latents(model: nn.Module, mode: str) -> Iterator[nn.Module]:
+    """Within the block, every stochastic layer of ``model`` uses test-time latent ``mode``; then it is restored."""
+    if mode not in SAMPLE_MODES:
+        raise ValueError(f"unknown sampling mode {mode!r}; expected one of {SAMPLE_MODES}")
+    layers = [m for m in model.modules() if isinstance(m, StochasticLayer)]
+    previous = [layer.sample_mode for layer in layers]
+    for layer in layers:
+        layer.sample_mode = mode
+    try:
+        yield model
+    finally:
+        for layer, mode_before in zip(layers, previous, strict=True):
+            layer.sample_mode = mode_before
 
 
 def kaiming_uniform(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:

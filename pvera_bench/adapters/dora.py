@@ -89,4 +89,4 @@ def inject(model: nn.Module, config: DoraConfig) -> None:
         setattr(t.parent, t.attr, DoraLinear(t.layer, t.slices, config.r, config.alpha, config.dropout))
 
 
-register_adapter("dora", DoraConfig, inject, prefix="lora_")
+register_adapter("dora", DoraConfig, inject, mergeable=True, prefix="lora_")

@@ -123,4 +123,4 @@ def inject(model: nn.Module, config: Ia3Config) -> None:
         setattr(t.parent, t.attr, Ia3Linear(t.layer, t.slices, feedforward=t.path in config.feedforward))
 
 
-register_adapter("ia3", Ia3Config, inject, prefix="ia3_")
+register_adapter("ia3", Ia3Config, inject, mergeable=True, prefix="ia3_")

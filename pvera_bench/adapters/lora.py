@@ -80,4 +80,4 @@ def inject(model: nn.Module, config: LoraConfig) -> None:
         setattr(t.parent, t.attr, LoraLinear(t.layer, t.slices, config.r, config.alpha, config.dropout))
 
 
-register_adapter("lora", LoraConfig, inject, prefix="lora_")
+register_adapter("lora", LoraConfig, inject, mergeable=True, prefix="lora_")

@@ -16,10 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pvera_bench.adapters.base import register_adapter
+from pvera_bench.adapters.base import SAMPLE_MODES, StochasticLayer, register_adapter
 from pvera_bench.adapters.vera import VeraConfig, VeraLinear, inject_projection_adapter
-
-LAYER_SAMPLE_MODES = ("mean", "random", "fixed")
 
 
 @dataclass
@@ -79,22 +77,24 @@ class SampleLatent(torch.autograd.Function):
         return grad_h, grad_lambda_d, None
 
 
-class PveraLinear(VeraLinear):
+class PveraLinear(VeraLinear, StochasticLayer):
     prefix = "pvera_"
     latent_factor = 2
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.sample_mode = "mean"  # eval-time latent; training always samples
-        self.regularization: torch.Tensor | None = None  # KL of the last training forward
+        self.last_kl: torch.Tensor | None = None  # KL of the last training forward
+
+    def kl(self) -> torch.Tensor | None:
+        return self.last_kl
 
     def slice_updates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         r = self.r
         if not self.training and self.sample_mode == "mean":
             h = F.linear(x, self.projection_a()[:r])  # the log-variance half is not needed
             return self.up(h.unsqueeze(-2) * self.lambda_d[:, :r])
-        if self.sample_mode not in LAYER_SAMPLE_MODES:
-            raise ValueError(f"unknown sample_mode {self.sample_mode!r}; expected one of {LAYER_SAMPLE_MODES}")
+        if self.sample_mode not in SAMPLE_MODES:
+            raise ValueError(f"unknown sample_mode {self.sample_mode!r}; expected one of {SAMPLE_MODES}")
         h = F.linear(x, self.projection_a())  # [mu; log-variance] of every slice come from this one product
         shape = (*h.shape[:-1], len(self.slices), r)
         dtype = torch.promote_types(h.dtype, self.lambda_d.dtype)
@@ -104,7 +104,7 @@ class PveraLinear(VeraLinear):
             noise = torch.ones(shape, dtype=dtype, device=h.device)
         z, kl = SampleLatent.apply(h, self.lambda_d, noise)
         if self.training:
-            self.regularization = kl
+            self.last_kl = kl
         return self.up(z)
 
     def delta_weight(self) -> torch.Tensor:
@@ -120,4 +120,4 @@ def inject(model, config: PveraConfig) -> None:
     inject_projection_adapter(model, config, PveraLinear)
 
 
-register_adapter("pvera", PveraConfig, inject, prefix=PveraLinear.prefix)
+register_adapter("pvera", PveraConfig, inject, prefix=PveraLinear.prefix, mergeable=True, stochastic=True)

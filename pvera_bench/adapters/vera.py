@@ -156,4 +156,4 @@ def inject(model: nn.Module, config: VeraConfig) -> None:
     inject_projection_adapter(model, config, VeraLinear)
 
 
-register_adapter("vera", VeraConfig, inject, prefix=VeraLinear.prefix)
+register_adapter("vera", VeraConfig, inject, prefix=VeraLinear.prefix, mergeable=True)

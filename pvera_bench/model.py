@@ -1,0 +1,24 @@
+"""The model of a run: a timm backbone with a fresh head, the adapter injected, the rest frozen."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from pvera_bench.adapters import adapter_parameters, apply_adapter, head_parameters
+from pvera_bench.backbone import create_backbone
+
+
+def build_model(cfg: DictConfig) -> nn.Module:
+    """Backbone with a fresh head for the task, the adapter injected, everything else frozen."""
+    model = create_backbone(cfg.backbone, cfg.dataset.num_classes)
+    hparams = OmegaConf.to_container(cfg.adapter, resolve=True)
+    return apply_adapter(model, hparams.pop("name"), **hparams)
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    return {
+        "adapter_params": sum(p.numel() for p in adapter_parameters(model).values()),
+        "head_params": sum(p.numel() for p in head_parameters(model).values()),
+        "total_params": sum(p.numel() for p in model.parameters()),
+    }

@@ -1,27 +1,73 @@
-"""Structured-config schemas for every Hydra group, registered in Hydra's ConfigStore.
+"""Structured-config schemas for every Hydra group: each default and each check lives here, once.
 
 Each YAML option under ``conf/<group>/`` is merged onto the schema of its group, so a
-misspelt key or a value of the wrong type fails when the config is composed, before any
-model or data is built. Adapter schemas live with their adapters
-(``pvera_bench.adapters``) and are registered under ``schema/adapter/<name>``.
+misspelt key, a value of the wrong type or an unknown mode fails when the config is
+composed. Range checks and checks across groups run when the typed config is built
+(``__post_init__``); :func:`validate` builds it and reports the first problem in one line.
+Adapter schemas live with their adapters (``pvera_bench.adapters``) and are registered
+under ``schema/adapter/<name>``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from pvera_bench.cli import one_line
 from pvera_bench.data.vtab import SPLITS
 from pvera_bench.errors import UserError
-from pvera_bench.grid import grid_points, with_point
+from pvera_bench.grid import grid_points
 
-SAMPLING_MODES = ("mean", "random", "fixed", "mc")
-VTAB_GROUPS = ("natural", "specialized", "structured", "demo")
-SELECT_METRICS = ("nll", "top1")
+if TYPE_CHECKING:
+    from pvera_bench.adapters import AdapterConfig
+
 LOGGER_MODULE = "pvera_bench.loggers."
+
+
+class SamplingMode(StrEnum):
+    """PVeRA's test-time latent: mu, one draw, mu + sigma, or the mean prediction of n draws."""
+
+    mean = "mean"
+    random = "random"
+    fixed = "fixed"
+    mc = "mc"
+
+
+class Scheduler(StrEnum):
+    constant = "constant"
+    cosine = "cosine"
+
+
+class SelectMetric(StrEnum):
+    """What picks the grid point: the lowest val loss or the highest val accuracy."""
+
+    nll = "nll"
+    top1 = "top1"
+
+
+class TaskGroup(StrEnum):
+    """The VTAB-1k group of a task; ``demo`` tasks are outside the 19."""
+
+    natural = "natural"
+    specialized = "specialized"
+    structured = "structured"
+    demo = "demo"
+
+
+Split = StrEnum("Split", {split: split for split in SPLITS})  # the split files of a VTAB-1k task folder
+VTAB_GROUPS = (TaskGroup.natural, TaskGroup.specialized, TaskGroup.structured)
+
+
+def require(ok: bool, message: str) -> None:
+    """Raise ``ValueError(message)`` unless ``ok``: the one-line form of every schema check."""
+    if not ok:
+        raise ValueError(message)
 
 
 @dataclass
@@ -34,6 +80,12 @@ class BackboneConfig:
     weights: str | None = None  # local weights file, loaded through timm's pretrained_cfg overlay
     img_size: int | None = None  # input resolution; None keeps the model's default
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm constructor arguments
+
+    def __post_init__(self) -> None:
+        require(
+            self.img_size is None or self.img_size >= 1,
+            f"backbone.img_size={self.img_size} must be >= 1 (or null for the model's own)",
+        )
 
 
 @dataclass
@@ -56,19 +108,33 @@ class TfdsSource:
 class DatasetConfig:
     """One VTAB-1k task (or the offline demo task) in the folder layout of DESIGN §4."""
 
-    name: str = MISSING  # folder name under data.root
+    name: str = MISSING  # folder name under data.root (and in result paths): NOAH/RepAdapter's names
+    label: str = MISSING  # column header in the tables, e.g. CIFAR-100
     num_classes: int = MISSING
-    group: str = MISSING  # natural | specialized | structured | demo
-    beta: float = 1e6  # PVeRA KL weight is 1/beta
+    group: TaskGroup = MISSING
+    order: int | None = None  # column of a VTAB-1k task in the tables (1-19); null for demo tasks
+    beta: float = MISSING  # PVeRA's KL weight is 1/beta: a value per task, from the official code
     tfds: TfdsSource | None = None  # None: not built from TFDS (mnist5k)
+
+    def __post_init__(self) -> None:
+        require(self.num_classes >= 2, f"dataset.num_classes={self.num_classes} must be >= 2")
+        require(self.beta > 0, f"dataset.beta={self.beta} must be positive (the KL weight is 1/beta)")
+        require(
+            (self.order is not None) == (self.group in VTAB_GROUPS),
+            f"dataset {self.name}: a VTAB-1k task needs dataset.order (its table column), a demo task none",
+        )
 
 
 @dataclass
 class SamplingConfig:
     """PVeRA's test-time sampling mode; ignored by deterministic adapters."""
 
-    mode: str = "mean"  # mean | random | fixed | mc
+    mode: SamplingMode = MISSING  # each option of the sampling group names its mode
     n: int = 1  # number of stochastic forward passes for mode=mc
+
+    def __post_init__(self) -> None:
+        self.mode = SamplingMode(self.mode)
+        require(self.n >= 1, f"sampling.n={self.n} must be >= 1")
 
 
 @dataclass
@@ -77,29 +143,38 @@ class ProtocolConfig:
 
     Every point of the adapter's grid (the ``grid`` group) is trained on ``train_split`` and scored on ``val_split``;
     the best point (``select_metric``) is tested as trained, or trained again from scratch on
-    ``retrain_split`` first. Test data are read only after that.
+    ``retrain_split`` first. Test data are read only after that. The defaults are the PVeRA paper's code.
     """
 
     name: str = MISSING
-    train_split: str = "train800"
-    val_split: str | None = "val200"  # evaluated every epoch; None: no validation
-    retrain_split: str | None = None  # e.g. train800val200: retrain the chosen point on it, then test
+    train_split: Split = Split.train800
+    val_split: Split | None = Split.val200  # evaluated every epoch; None: no validation
+    retrain_split: Split | None = None  # e.g. train800val200: retrain the chosen point on it, then test
     early_stopping: bool = True  # stop on val loss and restore the best epoch's weights
     patience: int = 20  # epochs without a relative val-loss improvement before stopping
     min_rel_improvement: float = 1e-3  # 0.1 %: what counts as an improvement
-    select_metric: str = "nll"  # nll: lowest val loss | top1: highest val accuracy
+    select_metric: SelectMetric = SelectMetric.nll
+
+    def __post_init__(self) -> None:
+        self.select_metric = SelectMetric(self.select_metric)
+        require(Split.test not in (self.train_split, self.val_split, self.retrain_split), "test data may only test")
+        require(self.patience >= 1, f"protocol.patience={self.patience} must be >= 1")
+        require(
+            0 <= self.min_rel_improvement < 1,
+            f"protocol.min_rel_improvement={self.min_rel_improvement} must be in [0, 1)",
+        )
 
 
 @dataclass
 class TrainerConfig:
-    """Optimisation and runtime settings shared by every adapter."""
+    """Optimisation and runtime settings shared by every adapter; the defaults are the PVeRA paper's."""
 
     epochs: int = 500
     batch_size: int = 16
     eval_batch_size: int = 256
     lr: float = 1e-4
     weight_decay: float = 1e-4
-    scheduler: str = "constant"  # constant | cosine
+    scheduler: Scheduler = Scheduler.constant
     warmup_epochs: int = 0
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
     checkpoint: bool = True  # save a resumable checkpoint after every epoch
@@ -109,24 +184,39 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the model
     progress: bool = True  # tqdm progress bars
 
+    def __post_init__(self) -> None:
+        self.scheduler = Scheduler(self.scheduler)
+        require(self.epochs >= 1, f"trainer.epochs={self.epochs} must be >= 1")
+        require(self.batch_size >= 1, f"trainer.batch_size={self.batch_size} must be >= 1")
+        require(self.eval_batch_size >= 1, f"trainer.eval_batch_size={self.eval_batch_size} must be >= 1")
+        require(self.lr > 0, f"trainer.lr={self.lr} must be positive")
+        require(self.weight_decay >= 0, f"trainer.weight_decay={self.weight_decay} must be >= 0")
+        require(
+            0 <= self.warmup_epochs < self.epochs,
+            f"trainer.warmup_epochs={self.warmup_epochs} must be in [0, trainer.epochs)",
+        )
+
 
 @dataclass
 class DataConfig:
     """Where the VTAB-1k task folders live and how they are decoded."""
 
-    root: str = "data/vtab-1k"
+    root: str = "data/vtab-1k"  # <root>/<task>/{train800,val200,train800val200,test}.txt
     decode_workers: int = 4  # threads decoding images on first use
-    cache: bool = True  # keep decoded splits in <task>/.cache/ and read them from there
+    cache: bool = True  # decoded uint8 tensors in <root>/<task>/.cache/, rebuilt when the source changes
+
+    def __post_init__(self) -> None:
+        require(self.decode_workers >= 1, f"data.decode_workers={self.decode_workers} must be >= 1")
 
 
 @dataclass
 class PathsConfig:
-    results: str = "results/runs"
+    results: str = "results/runs"  # one JSON per run, see results/README.md
 
 
 @dataclass
 class RunConfig:
-    """The composed config of one run."""
+    """The composed config of one run; building it checks every group and the groups against each other."""
 
     adapter: Any = MISSING  # schema chosen by the adapter option, see pvera_bench.adapters
     dataset: DatasetConfig = MISSING
@@ -139,6 +229,65 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.seed >= 0, f"seed={self.seed} must be >= 0")
+        logger_target = str((self.logger or {}).get("_target_", f"{LOGGER_MODULE}NullLogger"))
+        require(
+            logger_target.startswith(LOGGER_MODULE),
+            f"logger._target_={logger_target} is not a class of {LOGGER_MODULE}: configs are data, and only "
+            "pvera_bench's own loggers are instantiated from them",
+        )
+        points = grid_points(self)
+        for point in points:
+            self.check_grid_point(point)
+        require(
+            self.protocol.val_split is not None or len(points) == 1,
+            "a grid needs protocol.val_split to choose a point (or use grid=none)",
+        )
+
+    def check_grid_point(self, point: Mapping[str, Any]) -> None:
+        """Every key of a grid point is a config key, and the adapter it gives is a valid one."""
+        for key in point:
+            require(has_key(self, key), f"grid.{self.adapter.name}: {key} is not a config key")
+        adapter_values = {key.removeprefix("adapter."): v for key, v in point.items() if key.startswith("adapter.")}
+        if adapter_values:
+            adapter_config({**asdict(self.adapter), **adapter_values})
+
+
+def has_key(node: Any, dotted_key: str) -> bool:
+    """Whether ``a.b.c`` names a field (or dict key) of a typed config."""
+    for part in dotted_key.split("."):
+        if is_dataclass(node) and part in {f.name for f in fields(node)}:
+            node = getattr(node, part)
+        elif isinstance(node, Mapping) and part in node:
+            node = node[part]
+        else:
+            return False
+    return True
+
+
+def adapter_config(hparams: Mapping[str, Any]) -> AdapterConfig:
+    """The adapter's config dataclass built from its fields (``name`` included); ValueError names the adapter."""
+    from pvera_bench.adapters import ADAPTERS
+
+    name = hparams.get("name")
+    require(name in ADAPTERS, f"adapter.name={name!r} is not registered; choose one of {', '.join(sorted(ADAPTERS))}")
+    try:
+        return ADAPTERS[name].config_cls(**hparams)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"adapter={name}: {error}") from None
+
+
+def validate(cfg: DictConfig) -> RunConfig:
+    """The typed config of a composed one; bad values and combinations end in a one-line UserError."""
+    try:
+        adapter_config(OmegaConf.to_container(cfg.adapter, resolve=True))  # first: its message names the adapter
+        return OmegaConf.to_object(cfg)
+    except (TypeError, ValueError) as error:
+        raise UserError(str(error)) from None
+    except OmegaConfBaseException as error:
+        raise UserError(one_line(error)) from None
 
 
 def register_configs() -> None:
@@ -157,77 +306,3 @@ def register_configs() -> None:
         cs.store(group=f"schema/{group}", name="base", node=node)
     for name, spec in ADAPTERS.items():
         cs.store(group="schema/adapter", name=name, node=spec.config_cls(name=name))
-
-
-def validate_adapter(cfg: DictConfig) -> None:
-    from pvera_bench.adapters import ADAPTERS
-
-    hparams = OmegaConf.to_container(cfg.adapter, resolve=True)
-    name = hparams.pop("name", None)
-    if name not in ADAPTERS:
-        raise UserError(f"adapter.name={name!r} is not registered; choose one of {', '.join(sorted(ADAPTERS))}")
-    try:
-        ADAPTERS[name].config_cls(name=name, **hparams)
-    except (TypeError, ValueError) as error:
-        raise UserError(f"adapter={name}: {error}") from None
-
-
-def validate(cfg: DictConfig) -> None:
-    """Reject bad values and combinations in one line each, before anything is built."""
-    validate_adapter(cfg)
-    for point in grid_points(cfg):
-        for key in point:
-            if OmegaConf.select(cfg, key, default="<missing>") == "<missing>":
-                raise UserError(f"grid.{cfg.adapter.name}: {key} is not a config key")
-        if point:
-            validate_adapter(with_point(cfg, point))
-    logger_target = (cfg.logger or {}).get("_target_", "pvera_bench.loggers.NullLogger")
-    if not str(logger_target).startswith(LOGGER_MODULE):
-        raise UserError(
-            f"logger._target_={logger_target} is not a class of {LOGGER_MODULE}: configs are data, and only "
-            "pvera_bench's own loggers are instantiated from them"
-        )
-    protocol, trainer = cfg.protocol, cfg.trainer
-    checks = [
-        (cfg.sampling.mode in SAMPLING_MODES, f"sampling.mode={cfg.sampling.mode} must be one of {SAMPLING_MODES}"),
-        (cfg.sampling.n >= 1, f"sampling.n={cfg.sampling.n} must be >= 1"),
-        (cfg.dataset.beta > 0, f"dataset.beta={cfg.dataset.beta} must be positive (the KL weight is 1/beta)"),
-        (cfg.dataset.num_classes >= 2, f"dataset.num_classes={cfg.dataset.num_classes} must be >= 2"),
-        (cfg.dataset.group in VTAB_GROUPS, f"dataset.group={cfg.dataset.group} must be one of {VTAB_GROUPS}"),
-        (protocol.train_split in SPLITS, f"protocol.train_split={protocol.train_split} must be one of {SPLITS}"),
-        (protocol.val_split in (*SPLITS, None), f"protocol.val_split={protocol.val_split} must be in {SPLITS} or null"),
-        (
-            protocol.retrain_split in (*SPLITS, None),
-            f"protocol.retrain_split={protocol.retrain_split} must be in {SPLITS} or null",
-        ),
-        ("test" not in (protocol.train_split, protocol.val_split, protocol.retrain_split), "test data may only test"),
-        (protocol.select_metric in SELECT_METRICS, f"protocol.select_metric must be one of {SELECT_METRICS}"),
-        (protocol.patience >= 1, f"protocol.patience={protocol.patience} must be >= 1"),
-        (
-            0 <= protocol.min_rel_improvement < 1,
-            f"protocol.min_rel_improvement={protocol.min_rel_improvement} must be in [0, 1)",
-        ),
-        (cfg.seed >= 0, f"seed={cfg.seed} must be >= 0"),
-        (cfg.data.decode_workers >= 1, f"data.decode_workers={cfg.data.decode_workers} must be >= 1"),
-        (
-            cfg.backbone.img_size is None or cfg.backbone.img_size >= 1,
-            f"backbone.img_size={cfg.backbone.img_size} must be >= 1 (or null for the model's own)",
-        ),
-        (
-            protocol.val_split is not None or len(grid_points(cfg)) == 1,
-            "a grid needs protocol.val_split to choose a point (or use grid=none)",
-        ),
-        (trainer.epochs >= 1, f"trainer.epochs={trainer.epochs} must be >= 1"),
-        (trainer.batch_size >= 1, f"trainer.batch_size={trainer.batch_size} must be >= 1"),
-        (trainer.eval_batch_size >= 1, f"trainer.eval_batch_size={trainer.eval_batch_size} must be >= 1"),
-        (trainer.lr > 0, f"trainer.lr={trainer.lr} must be positive"),
-        (trainer.weight_decay >= 0, f"trainer.weight_decay={trainer.weight_decay} must be >= 0"),
-        (trainer.scheduler in ("constant", "cosine"), f"trainer.scheduler={trainer.scheduler} must be constant/cosine"),
-        (
-            0 <= trainer.warmup_epochs < trainer.epochs,
-            f"trainer.warmup_epochs={trainer.warmup_epochs} must be in [0, trainer.epochs)",
-        ),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)

@@ -1,103 +1,40 @@
-"""The one trainer and the one evaluation path.
+"""The one trainer: AdamW, a per-batch schedule, and an epoch loop that validates, stops early and resumes.
 
 Data arrive as uint8 tensors (see :mod:`pvera_bench.data`); batches are moved to the
 device and normalised there. Training minimises cross-entropy plus, for stochastic
-adapters, ``regularization / beta`` (PVeRA's KL). Evaluation returns top-1, NLL and ECE
-from the predicted probabilities; in MC mode the probabilities are the mean of N
-stochastic passes.
+adapters, ``adapter_loss / beta`` (PVeRA's KL). Evaluation is :mod:`pvera_bench.evaluation`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import random
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from pvera_bench.adapters import adapter_loss, sample_latents
+from pvera_bench.adapters import adapter_loss
 from pvera_bench.config import ProtocolConfig, SamplingConfig, TrainerConfig
 from pvera_bench.data import SplitData
-from pvera_bench.errors import UserError
+from pvera_bench.evaluation import evaluate
+from pvera_bench.runtime import Runtime, autocast, batches, restore_rng, rng_state
 
 log = logging.getLogger(__name__)
 
-ECE_BINS = 15
-STOP_REQUESTED = threading.Event()  # set by the SIGTERM handler of pvera_bench.run: stop at the next batch
-
 
 class Preempted(Exception):
-    """Training stopped on request (SIGTERM); the last epoch's checkpoint is the state to resume from."""
+    """Training stopped on request (``should_stop``); the last epoch's checkpoint is the state to resume from."""
 
 
-RESIDENT_LIMIT_BYTES = 2 << 30  # splits up to this size live on the GPU; larger ones stream from pinned memory
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"trainer.device={name} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"trainer.device={name} but CUDA is not available; use trainer.device=auto or cpu")
-    return device
-
-
-class Normalizer(nn.Module):
-    """uint8 images -> normalised float, on the device."""
-
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        super().__init__()
-        self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std).view(1, -1, 1, 1)), persistent=False)
-        self.register_buffer("shift", (torch.tensor(mean) / torch.tensor(std)).view(1, -1, 1, 1), persistent=False)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return images.float() * self.scale - self.shift
-
-
-def place_split(data: SplitData, device: torch.device) -> SplitData:
-    """Put a split where batches are cheapest to take from: on the GPU, or pinned host memory if large."""
-    if device.type != "cuda":
-        return data
-    if data.images.numel() <= RESIDENT_LIMIT_BYTES:
-        return SplitData(data.images.to(device), data.labels.to(device))
-    return SplitData(data.images.pin_memory(), data.labels.pin_memory())
-
-
-def batches(
-    data: SplitData, batch_size: int, device: torch.device, generator: torch.Generator | None = None
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (uint8 images, labels) on ``device``; shuffled when a generator is given."""
-    n = len(data)
-    order = torch.randperm(n, generator=generator) if generator is not None else None
-    for start in range(0, n, batch_size):
-        if order is None:
-            images, labels = data.images[start : start + batch_size], data.labels[start : start + batch_size]
-        else:
-            index = order[start : start + batch_size].to(data.labels.device)
-            images, labels = data.images[index], data.labels[index]
-        yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-
-
-def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+def never() -> bool:
+    """The ``should_stop`` of a fit that nothing interrupts."""
+    return False
 
 
 def build_optimizer(model: nn.Module, trainer: TrainerConfig, adapter_lr: float | None) -> torch.optim.AdamW:
@@ -127,16 +64,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, trainer: TrainerConfig, st
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-@dataclass
-class Runtime:
-    """Where and how the model runs."""
-
-    device: torch.device
-    normalize: Normalizer
-    bf16: bool = False
-    progress: bool = True
-
-
 def train_one_epoch(
     model: nn.Module,
     data: SplitData,
@@ -146,16 +73,18 @@ def train_one_epoch(
     batch_size: int,
     generator: torch.Generator,
     regularization_weight: float,
+    should_stop: Callable[[], bool] = never,
 ) -> float:
     """One pass over ``data``; returns the mean training loss.
 
     The loss stays on the device until the end of the epoch (no host synchronisation per step);
-    a non-finite epoch loss raises ``FloatingPointError``.
+    a non-finite epoch loss raises ``FloatingPointError``; ``should_stop()`` is asked before every
+    batch and raises ``Preempted`` when true.
     """
     model.train()
     total = torch.zeros((), device=runtime.device)
     for images, labels in batches(data, batch_size, runtime.device, generator):
-        if STOP_REQUESTED.is_set():
+        if should_stop():
             raise Preempted
         with autocast(runtime.device, runtime.bf16):
             logits = model(runtime.normalize(images))
@@ -174,63 +103,6 @@ def train_one_epoch(
     return mean
 
 
-@torch.no_grad()
-def predict(
-    model: nn.Module, data: SplitData, runtime: Runtime, batch_size: int, sampling: SamplingConfig
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Class probabilities for every image (float32, CPU) and, for MC sampling, their per-image std.
-
-    In ``mc`` mode each batch goes through the model ``sampling.n`` times with a fresh latent
-    draw per pass; the probabilities are averaged and the std (over passes) of the probability
-    of the predicted class is returned per image.
-    """
-    model.eval()
-    passes = sampling.n if sampling.mode == "mc" else 1
-    probs, stds = [], []
-    bar = tqdm(total=len(data), desc="eval", disable=not runtime.progress or len(data) < 5000, leave=False)
-    latent = "random" if sampling.mode == "mc" else sampling.mode
-    for images, _ in batches(data, batch_size, runtime.device):
-        inputs = runtime.normalize(images)
-        samples = []
-        for _ in range(passes):
-            with autocast(runtime.device, runtime.bf16), sample_latents(model, latent):
-                samples.append(model(inputs).float().softmax(dim=-1))
-        stacked = torch.stack(samples)
-        mean = stacked.mean(dim=0)
-        probs.append(mean.cpu())
-        if passes > 1:
-            predicted = mean.argmax(dim=-1)
-            stds.append(stacked.gather(2, predicted.expand(passes, -1).unsqueeze(-1)).squeeze(-1).std(dim=0).cpu())
-        bar.update(len(images))
-    bar.close()
-    return torch.cat(probs), (torch.cat(stds) if stds else None)
-
-
-def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = ECE_BINS) -> dict[str, float]:
-    """Top-1 accuracy, negative log-likelihood and expected calibration error (equal-width bins)."""
-    labels = labels.cpu()
-    confidence, predicted = probs.max(dim=-1)
-    correct = (predicted == labels).float()
-    nll = -torch.log(probs.gather(1, labels.unsqueeze(1)).squeeze(1).clamp_min(1e-12)).mean()
-    bins = torch.clamp((confidence * n_bins).ceil().long() - 1, 0, n_bins - 1)
-    ece = torch.zeros(())
-    for b in range(n_bins):
-        in_bin = bins == b
-        if in_bin.any():
-            ece += in_bin.float().mean() * (correct[in_bin].mean() - confidence[in_bin].mean()).abs()
-    return {"top1": correct.mean().item(), "nll": nll.item(), "ece": ece.item()}
-
-
-def evaluate(
-    model: nn.Module, data: SplitData, runtime: Runtime, batch_size: int, sampling: SamplingConfig
-) -> dict[str, float]:
-    probs, stds = predict(model, data, runtime, batch_size, sampling)
-    metrics = classification_metrics(probs, data.labels)
-    if stds is not None:
-        metrics["predictive_std"] = stds.mean().item()
-    return metrics
-
-
 @dataclass
 class FitResult:
     epochs_run: int
@@ -242,28 +114,6 @@ class FitResult:
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def rng_state(generator: torch.Generator) -> dict:
-    """Every random stream a training epoch draws from, as tensors and plain values."""
-    numpy_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
-        "python": random.getstate(),
-        "shuffle": generator.get_state(),
-    }
-
-
-def restore_rng(state: dict, generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
-    generator.set_state(state["shuffle"])
 
 
 @dataclass
@@ -292,8 +142,9 @@ def fit(
     adapter_lr: float | None,
     regularization_weight: float,
     seed: int,
-    resume: dict | None = None,
-    on_epoch_end: Callable[[dict, Callable[[], dict]], None] | None = None,
+    resume: dict[str, Any] | None = None,
+    on_epoch_end: Callable[[dict, Callable[[], dict[str, Any]]], None] | None = None,
+    should_stop: Callable[[], bool] = never,
 ) -> FitResult:
     """Train for ``trainer.epochs``, validating every epoch when a val split is given.
 
@@ -305,7 +156,8 @@ def fit(
         resume: a state returned by the ``state`` callable of an earlier call: training goes on
             from there exactly as if it had not stopped (same data order, same random draws).
         on_epoch_end: called after every epoch with the epoch's record and a callable that
-            returns the full resumable state (for checkpoints).
+            returns the full resumable state (tensors and plain values, for checkpoints).
+        should_stop: asked before every batch; when it returns True, ``Preempted`` is raised.
     """
     optimizer = build_optimizer(model, trainer, adapter_lr)
     steps = math.ceil(len(train) / trainer.batch_size)
@@ -320,7 +172,7 @@ def fit(
         loop = LoopState(**resume["loop"])
         log.info("resuming after epoch %d", loop.epoch)
 
-    def state() -> dict:
+    def state() -> dict[str, Any]:
         return {
             "model": trainable_state(model),
             "optimizer": optimizer.state_dict(),
@@ -336,7 +188,15 @@ def fit(
         loop.epoch += 1
         start = time.perf_counter()
         loss = train_one_epoch(
-            model, train, optimizer, scheduler, runtime, trainer.batch_size, generator, regularization_weight
+            model,
+            train,
+            optimizer,
+            scheduler,
+            runtime,
+            trainer.batch_size,
+            generator,
+            regularization_weight,
+            should_stop,
         )
         if runtime.device.type == "cuda":
             torch.cuda.synchronize(runtime.device)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import copy
 import itertools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+if TYPE_CHECKING:
+    from pvera_bench.config import RunConfig
 
-def grid_points(cfg: DictConfig) -> list[dict[str, Any]]:
+
+def grid_points(cfg: DictConfig | RunConfig) -> list[dict[str, Any]]:
     """Every combination of the adapter's grid values (``[{}]`` when it has no grid)."""
     space = cfg.grid.get(cfg.adapter.name) or {}
     keys = sorted(space)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from pvera_bench.adapters import adapter_parameters, apply_adapter, head_parameters
 from pvera_bench.backbone import create_backbone
+from pvera_bench.runtime import seed_everything
 
 
 def build_model(cfg: DictConfig) -> nn.Module:
@@ -14,6 +16,21 @@ def build_model(cfg: DictConfig) -> nn.Module:
     model = create_backbone(cfg.backbone, cfg.dataset.num_classes)
     hparams = OmegaConf.to_container(cfg.adapter, resolve=True)
     return apply_adapter(model, hparams.pop("name"), **hparams)
+
+
+def seeded_model(cfg: DictConfig, device: torch.device, weights: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """The model of a config built from the run seed (so a rebuild is identical), on ``device``.
+
+    Args:
+        weights: trainable weights to load over the fresh ones (e.g. those of the chosen grid point).
+    """
+    seed_everything(cfg.seed)
+    model = build_model(cfg).to(device)
+    if weights is not None:
+        model.load_state_dict(weights, strict=False)
+    if cfg.trainer.compile:
+        model.compile()
+    return model
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

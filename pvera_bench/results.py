@@ -20,6 +20,7 @@ NON_IDENTITY_KEYS = {
     "paths": None,
     "logger": None,
     "trainer": ("device", "progress", "compile", "eval_batch_size", "checkpoint", "merge_for_test"),
+    "dataset": ("label", "order"),  # how tables show a task, not what a run computes
 }
 
 
@@ -48,6 +49,14 @@ def result_path(results_dir: Path, config: dict[str, Any]) -> Path:
         ]
     )
     return results_dir / config["backbone"]["id"] / config["dataset"]["name"] / f"{name}.json"
+
+
+def read_result(path: Path) -> dict[str, Any] | None:
+    """The result at ``path``, or None when there is none or it cannot be read."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

@@ -5,13 +5,15 @@ Reads every ``results/runs/**.json`` and writes ``results/tables/vtab1k.{md,csv,
 Natural / Specialized / Structured means, the mean of the 19 tasks and the mean of the three
 group means, and the trainable parameters; published rows (``reference/published_vtab1k.csv``)
 beside ours with their source and protocol. A mean needs all of its tasks: missing cells stay
-empty. Failed runs are listed below the table and never averaged. ``--print`` shows one row
-per run instead (the demo uses it).
+empty. Runs on other tasks (the demo's mnist5k) get their own section; failed runs are listed
+below the table and never averaged. The 19 tasks, their labels, groups and column order are the
+dataset options of ``conf/dataset/``. ``--print`` shows one row per run instead (the demo uses it).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -19,59 +21,39 @@ from pathlib import Path
 
 import pandas as pd
 
+from pvera_bench.cli import run_cli
+from pvera_bench.config import VTAB_GROUPS, DatasetConfig, TaskGroup
+from pvera_bench.data.tasks import vtab_tasks
+from pvera_bench.errors import UserError
+from pvera_bench.plots import accuracy_vs_params
 from pvera_bench.results import NON_IDENTITY_KEYS
 
-# (result folder name, dataset option, short label) in the usual column order
-TASKS = {
-    "natural": [
-        ("cifar", "cifar100", "CIFAR-100"),
-        ("caltech101", "caltech101", "Caltech101"),
-        ("dtd", "dtd", "DTD"),
-        ("oxford_flowers102", "oxford_flowers102", "Flowers102"),
-        ("oxford_iiit_pet", "oxford_iiit_pet", "Pets"),
-        ("svhn", "svhn", "SVHN"),
-        ("sun397", "sun397", "Sun397"),
-    ],
-    "specialized": [
-        ("patch_camelyon", "patch_camelyon", "Camelyon"),
-        ("eurosat", "eurosat", "EuroSAT"),
-        ("resisc45", "resisc45", "Resisc45"),
-        ("diabetic_retinopathy", "diabetic_retinopathy", "Retinopathy"),
-    ],
-    "structured": [
-        ("clevr_count", "clevr_count", "Clevr-Count"),
-        ("clevr_dist", "clevr_dist", "Clevr-Dist"),
-        ("dmlab", "dmlab", "DMLab"),
-        ("kitti", "kitti", "KITTI-Dist"),
-        ("dsprites_loc", "dsprites_loc", "dSpr-Loc"),
-        ("dsprites_ori", "dsprites_ori", "dSpr-Ori"),
-        ("smallnorb_azi", "smallnorb_azi", "sNORB-Azim"),
-        ("smallnorb_ele", "smallnorb_ele", "sNORB-Elev"),
-    ],
-}
-GROUP_LABELS = {"natural": "Natural", "specialized": "Specialized", "structured": "Structured"}
-ALL_TASKS = [folder for tasks in TASKS.values() for folder, _, _ in tasks]
-LABELS = {folder: label for tasks in TASKS.values() for folder, _, label in tasks}
-OPTION_TO_FOLDER = {option: folder for tasks in TASKS.values() for folder, option, _ in tasks}
 BACKBONE_NAMES = {"vit_b16_in21k": "ViT-B/16 IN21k", "dinov2_vitb14": "DINOv2 ViT-B/14"}
 PUBLISHED = Path(__file__).parent / "reference" / "published_vtab1k.csv"  # copied from the field survey, with sources
-RUN_COLUMNS = [
-    "adapter",
-    "dataset",
-    "backbone",
-    "sampling",
-    "protocol",
-    "seed",
-    "status",
-    "test_top1",
-    "val_top1",
-    "test_nll",
-    "test_ece",
-    "adapter_params",
-    "head_params",
-    "epochs_run",
-    "wall_s",
-]
+RUN_COLUMNS = (  # what each result file contributes to the tables, and the columns of --print
+    "adapter dataset backbone sampling protocol seed status test_top1 val_top1 test_nll test_ece "
+    "adapter_params head_params epochs_run wall_s"
+).split()
+
+
+LONG_CSV_COLUMNS = ("backbone", "protocol", "method", "source", "seeds", "params_m", "task", "top1", "std")
+GROUP_LABELS = [group.capitalize() for group in VTAB_GROUPS]
+SUMMARY_COLUMNS = [*GROUP_LABELS, "Mean (19)", "Mean (groups)"]
+
+
+@functools.cache
+def columns() -> tuple[tuple[str, DatasetConfig], ...]:
+    """(option, config) of the 19 VTAB-1k tasks in column order; results name a task by its folder, ``name``."""
+    return tuple(vtab_tasks())
+
+
+def folders(group: TaskGroup | None = None) -> list[str]:
+    """Folder names of the 19 tasks (or of one group's), in column order."""
+    return [config.name for _, config in columns() if group in (None, config.group)]
+
+
+def labels() -> list[str]:
+    return [config.label for _, config in columns()]
 
 
 def variant_of(record: dict) -> str:
@@ -84,33 +66,40 @@ def variant_of(record: dict) -> str:
 
 
 def load_results(runs_dir: Path) -> pd.DataFrame:
-    """One row per result JSON below ``runs_dir`` (missing keys stay empty)."""
+    """One row per result JSON below ``runs_dir`` (missing keys stay empty); UserError if there is none."""
     rows = []
     for path in sorted(runs_dir.rglob("*.json")):
-        record = json.loads(path.read_text())
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise UserError(f"{path}: not a readable result file ({error}); delete or fix it") from None
+        if not isinstance(record, dict):
+            raise UserError(f"{path}: not a result file (a JSON object); delete or fix it")
         rows.append(
             {key: record.get(key) for key in RUN_COLUMNS}
             | {"variant": variant_of(record), "error": record.get("error"), "path": str(path)}
         )
+    if not rows:
+        raise UserError(f"no result files under {runs_dir}; run some experiments first (see README)")
     return pd.DataFrame(rows, columns=[*RUN_COLUMNS, "variant", "error", "path"])
 
 
 def summarise(per_task: dict[str, float]) -> dict[str, float]:
     """Group means, mean of 19 and mean of group means, each only when all its tasks are there."""
     summary = {}
-    for group, tasks in TASKS.items():
-        values = [per_task.get(folder) for folder, _, _ in tasks]
-        summary[GROUP_LABELS[group]] = sum(values) / len(values) if None not in values else None
-    every = [per_task.get(folder) for folder in ALL_TASKS]
+    for group, label in zip(VTAB_GROUPS, GROUP_LABELS, strict=True):
+        values = [per_task.get(folder) for folder in folders(group)]
+        summary[label] = sum(values) / len(values) if None not in values else None
+    every = [per_task.get(folder) for folder in folders()]
     summary["Mean (19)"] = sum(every) / len(every) if None not in every else None
-    groups = [summary[label] for label in GROUP_LABELS.values()]
+    groups = [summary[label] for label in GROUP_LABELS]
     summary["Mean (groups)"] = sum(groups) / 3 if None not in groups else None
     return summary
 
 
 def our_rows(frame: pd.DataFrame) -> list[dict]:
     """One row per method (backbone, protocol, adapter, sampling, variant): per-task mean ± std in %."""
-    done = frame[(frame.status == "success") & frame.dataset.isin(ALL_TASKS)]
+    done = frame[(frame.status == "success") & frame.dataset.isin(folders())]
     rows = []
     keys = ["backbone", "protocol", "adapter", "sampling", "variant"]
     ambiguous = done.groupby(keys[:4]).variant.nunique()
@@ -142,15 +131,14 @@ def our_rows(frame: pd.DataFrame) -> list[dict]:
 def reference_rows(backbones: set[str]) -> list[dict]:
     """Published rows for the backbones we have results for (per-task values, or a reported average)."""
     published = pd.read_csv(PUBLISHED)
+    folder_of = {option: config.name for option, config in columns()}  # the CSV names tasks by dataset option
     rows = []
     for (method, backbone, source, protocol), values in published.groupby(["method", "backbone", "source", "protocol"]):
         ours = [k for k, name in BACKBONE_NAMES.items() if name == backbone and k in backbones]
         if not ours:
             continue
-        per_task = {
-            OPTION_TO_FOLDER[t]: v for t, v in zip(values.task, values.top1, strict=True) if t in OPTION_TO_FOLDER
-        }
-        reported = values[~values.task.isin(OPTION_TO_FOLDER)].top1
+        per_task = {folder_of[t]: v for t, v in zip(values.task, values.top1, strict=True) if t in folder_of}
+        reported = values[~values.task.isin(folder_of)].top1
         rows.append(
             {
                 "backbone": ours[0],
@@ -179,31 +167,30 @@ def cell(row: dict, task: str) -> str:
     return f"{mean} ± {number(row['std'][task])}" if task in row["std"] and row["seeds"] and row["seeds"] > 1 else mean
 
 
-SUMMARY_COLUMNS = [*GROUP_LABELS.values(), "Mean (19)", "Mean (groups)"]
+def sections(rows: list[dict]) -> list[tuple[tuple[str, str], list[dict]]]:
+    """Rows by (backbone, protocol), in order of first appearance: one table each."""
+    grouped: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        grouped.setdefault((row["backbone"], row["protocol"]), []).append(row)
+    return list(grouped.items())
 
 
 def markdown(rows: list[dict], failed: pd.DataFrame, others: pd.DataFrame) -> str:
-    header = [
-        "Method",
-        *[LABELS[t] for t in ALL_TASKS],
-        *SUMMARY_COLUMNS,
-        "Reported avg",
-        "Params (M)",
-        "Seeds",
-        "Source",
-    ]
+    header = ["Method", *labels(), *SUMMARY_COLUMNS, "Reported avg", "Params (M)", "Seeds", "Source"]
     lines = [
         "# VTAB-1k test top-1 (%)",
         "",
         "Per task: mean ± std over seeds. Group means and both averages only when every task is present.",
         "",
     ]
-    for (backbone, protocol), section in pd.DataFrame(rows).groupby(["backbone", "protocol"], sort=False):
+    if not rows:
+        lines += ["No results on the 19 VTAB-1k tasks yet.", ""]
+    for (backbone, protocol), section in sections(rows):
         lines += [f"## {backbone} · {protocol}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for row in section.to_dict("records"):
+        for row in section:
             values = [
                 row["method"],
-                *[cell(row, t) for t in ALL_TASKS],
+                *[cell(row, t) for t in folders()],
                 *[number(row[c], 2) for c in SUMMARY_COLUMNS],
                 number(row.get("reported_average"), 1),
                 number(row["params_m"], 3),
@@ -220,20 +207,20 @@ def markdown(rows: list[dict], failed: pd.DataFrame, others: pd.DataFrame) -> st
 
 
 def latex(rows: list[dict]) -> str:
-    columns = [*[LABELS[t] for t in ALL_TASKS], *SUMMARY_COLUMNS]
+    headers = [*labels(), *SUMMARY_COLUMNS]
     out = []
-    for (backbone, protocol), section in pd.DataFrame(rows).groupby(["backbone", "protocol"], sort=False):
+    for (backbone, protocol), section in sections(rows):
         out += [
             f"% {backbone} / {protocol}",
-            "\\begin{tabular}{l" + "r" * (len(columns) + 1) + "}",
+            "\\begin{tabular}{l" + "r" * (len(headers) + 1) + "}",
             "\\toprule",
-            " & ".join(["Method", *columns, "Params (M)"]) + " \\\\",
+            " & ".join(["Method", *headers, "Params (M)"]) + " \\\\",
             "\\midrule",
         ]
-        for row in section.to_dict("records"):
+        for row in section:
             values = [
                 row["method"],
-                *[number(row["per_task"].get(t)) for t in ALL_TASKS],
+                *[number(row["per_task"].get(t)) for t in folders()],
                 *[number(row[c], 2) for c in SUMMARY_COLUMNS],
                 number(row["params_m"], 3),
             ]
@@ -243,44 +230,17 @@ def latex(rows: list[dict]) -> str:
 
 
 def long_csv(rows: list[dict]) -> pd.DataFrame:
+    """One line per (method, task or summary column): the CSV that other tools read."""
     records = []
     for row in rows:
-        base = {k: row[k] for k in ("backbone", "protocol", "method", "source", "seeds", "params_m")}
-        for task in ALL_TASKS:
+        base = {k: row[k] for k in LONG_CSV_COLUMNS[:6]}
+        for task in folders():
             records.append({**base, "task": task, "top1": row["per_task"].get(task), "std": row["std"].get(task)})
         for column in SUMMARY_COLUMNS:
             records.append({**base, "task": column, "top1": row[column], "std": None})
         if row.get("reported_average") is not None:
             records.append({**base, "task": "reported average", "top1": row["reported_average"], "std": None})
-    return pd.DataFrame(records)
-
-
-def plot(rows: list[dict], path: Path) -> None:
-    """Accuracy against trainable adapter parameters, one marker per method of ours."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for row in rows:
-        if row["params_m"] is None or not row["per_task"]:
-            continue
-        complete = row["Mean (groups)"] is not None
-        accuracy = row["Mean (groups)"] if complete else sum(row["per_task"].values()) / len(row["per_task"])
-        label = f"{row['method']} ({row['backbone']}, {row['protocol']})"
-        if not complete:
-            label += f" [partial: {len(row['per_task'])}/19 tasks]"
-        axes.scatter(max(row["params_m"], 1e-4), accuracy, label=label)
-    axes.set_xscale("log")
-    axes.set_xlabel("trainable adapter parameters (M, log scale; linear probe at 1e-4)")
-    axes.set_ylabel("VTAB-1k top-1 (%), mean of group means")
-    axes.grid(alpha=0.3)
-    if axes.collections:
-        axes.legend(fontsize=7, loc="best")
-    figure.tight_layout()
-    figure.savefig(path, dpi=150)
-    plt.close(figure)
+    return pd.DataFrame(records, columns=LONG_CSV_COLUMNS)
 
 
 def to_markdown(frame: pd.DataFrame, float_format: str = "{:.4f}") -> str:
@@ -304,7 +264,7 @@ def write_tables(runs_dir: Path, out_dir: Path) -> list[Path]:
     failed = frame[frame.status != "success"][
         ["adapter", "dataset", "backbone", "protocol", "seed", "status", "error", "path"]
     ]
-    others = frame[(frame.status == "success") & ~frame.dataset.isin(ALL_TASKS)]
+    others = frame[(frame.status == "success") & ~frame.dataset.isin(folders())]
     others = (
         others.groupby(["backbone", "dataset", "protocol", "adapter", "sampling"])
         .test_top1.agg(["mean", "std", "count"])
@@ -315,7 +275,7 @@ def write_tables(runs_dir: Path, out_dir: Path) -> list[Path]:
     paths[0].write_text(markdown(rows, failed, others))
     long_csv(rows).to_csv(paths[1], index=False)
     paths[2].write_text(latex(rows))
-    plot([row for row in rows if row["source"].startswith("pvera_bench")], paths[3])
+    accuracy_vs_params([row for row in rows if row["source"].startswith("pvera_bench")], paths[3])
     return paths
 
 
@@ -325,17 +285,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("results/tables"), help="where the tables go")
     parser.add_argument("--print", action="store_true", help="print one row per run instead of writing tables")
     parser.add_argument("--backbone", help="with --print: keep only this backbone id")
-    parser.add_argument("--dataset", help="with --print: keep only this dataset")
+    parser.add_argument("--dataset", help="with --print: keep only this dataset (folder name, as in result paths)")
     args = parser.parse_args(argv)
     if not args.runs.is_dir():
-        raise SystemExit(f"error: {args.runs} does not exist; run some experiments first (see README)")
+        raise UserError(f"{args.runs} does not exist; run some experiments first (see README)")
     if args.print:
         frame = load_results(args.runs)
         for column in ("backbone", "dataset"):
             if getattr(args, column):
                 frame = frame[frame[column] == getattr(args, column)]
         if frame.empty:
-            raise SystemExit(f"error: no result files under {args.runs} match")
+            raise UserError(f"no result files under {args.runs} match")
         print(to_markdown(frame[RUN_COLUMNS].sort_values(["dataset", "adapter", "seed"])))
         return
     for path in write_tables(args.runs, args.out):
@@ -343,4 +303,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

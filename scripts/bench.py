@@ -40,7 +40,6 @@ from pvera_bench.adapters import ADAPTERS, adapter_loss, apply_adapter, merge_ad
 from pvera_bench.peft_compat import split_qkv
 from pvera_bench.results import git_state, package_versions
 
-MERGEABLE = ("lora", "dora", "vera", "pvera", "ia3")
 PEFT_CONFIGS = {  # adapter -> (PEFT config class name, its kwargs, our hyperparameters on the same layers)
     "lora": ("LoraConfig", {"r": 8, "lora_alpha": 8, "target_modules": ["qkv"]}, {"r": 8, "qkv_slices": None}),
     "dora": (
@@ -160,8 +159,7 @@ def bench_dtype(args, dtype: str) -> list[dict]:
     floor_flops = flops(floor)
     rows = []
     for name in args.adapters:
-        hparams = {"r": 8} if name in ("lora", "dora") else {}
-        model = apply_adapter(copy.deepcopy(bare), name, **hparams)
+        model = apply_adapter(copy.deepcopy(bare), name)  # the adapter's defaults
         step = Workload(model, images, labels, dtype, train=True)
         train = paired_ratio(step, floor, args.iters, args.warmup)
         row = {
@@ -177,7 +175,7 @@ def bench_dtype(args, dtype: str) -> list[dict]:
         eval_step = Workload(model, images, labels, dtype, train=False)
         evaluation = paired_ratio(eval_step, bare_eval, args.eval_iters, args.warmup)
         row["eval_images_per_s"] = args.batch_size / evaluation["a_s"]
-        if name in MERGEABLE:
+        if ADAPTERS[name].mergeable:
             merged = Workload(merge_adapter(copy.deepcopy(model).eval()), images, labels, dtype, train=False)
             row["merged_eval_over_bare"] = paired_ratio(merged, bare_eval, args.eval_iters, args.warmup)["ratio"]
         if name in PEFT_CONFIGS and not args.no_peft:

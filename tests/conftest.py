@@ -12,12 +12,13 @@ import pytest
 import timm
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pvera_bench.adapters import adapter_parameters
 from pvera_bench.cli import CONF_DIR
 from pvera_bench.config import register_configs
 from pvera_bench.data.mnist5k import build_mnist5k
+from pvera_bench.results import result_path
 
 REPO = Path(__file__).resolve().parent.parent
 register_configs()
@@ -50,6 +51,16 @@ def demo_config(data_root, tmp_path):
         )
 
     return make
+
+
+def expected_result_path(cfg: DictConfig) -> Path:
+    """Where a run of ``cfg`` writes its result (its checkpoint and lock sit beside it)."""
+    return result_path(Path(cfg.paths.results), OmegaConf.to_container(cfg, resolve=True))
+
+
+def results(folder: Path) -> dict[str, dict]:
+    """Every result JSON under ``folder``, by relative path."""
+    return {str(p.relative_to(folder)): json.loads(p.read_text()) for p in sorted(folder.rglob("*.json"))}
 
 
 def offline_env() -> dict[str, str]:
@@ -115,8 +126,8 @@ RESUME_ARGS = ("experiment=demo", "trainer=smoke", "adapter=pvera", "trainer.epo
 def uninterrupted(data_root, tmp_path_factory) -> tuple[list[str], dict]:
     """Arguments of an 8-epoch PVeRA run and its uninterrupted result: the resume tests' reference."""
     args = [*RESUME_ARGS, f"data.root={data_root}"]
-    results = tmp_path_factory.mktemp("uninterrupted")
-    completed = run_cli(*args, f"paths.results={results}")
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    completed = run_cli(*args, f"paths.results={folder}")
     assert completed.returncode == 0, completed.stderr[-3000:]
-    [path] = results.rglob("*.json")
-    return args, json.loads(path.read_text())
+    [record] = results(folder).values()
+    return args, record

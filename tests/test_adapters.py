@@ -1,4 +1,5 @@
-"""Every registered adapter on a tiny ViT: shapes, gradients, identity at init, merging, counts."""
+"""Every registered adapter on a tiny ViT, parametrised over the registry and its flags: shapes, gradients,
+identity at init, merging, counts, sampling; and each adapter's own equation."""
 
 from __future__ import annotations
 
@@ -6,17 +7,28 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import perturb, tiny_vit
 
-from pvera_bench.adapters import ADAPTERS, adapter_parameters, apply_adapter, merge_adapter, sample_latents
-from pvera_bench.adapters.base import AddIntoSlices, adapter_loss, slice_view
-from pvera_bench.adapters.dora import RescaleSlices
-from pvera_bench.adapters.ia3 import ScaledFrozenLinear
-from pvera_bench.adapters.pvera import SampleLatent
-from pvera_bench.adapters.vera import AddScaledProjection
+from pvera_bench.adapters import (
+    ADAPTERS,
+    adapter_loss,
+    adapter_parameters,
+    apply_adapter,
+    merge_adapter,
+    sample_latents,
+)
+from pvera_bench.adapters.base import spread_slices, take_slices
+from pvera_bench.adapters.vera import VeraConfig
 
-IDENTITY_AT_INIT = ["lora", "dora", "vera", "pvera", "ia3", "adaptformer"]
-MERGEABLE = ["lora", "dora", "vera", "pvera", "ia3"]
+ALL = sorted(ADAPTERS)
+IDENTITY_AT_INIT = [n for n in ALL if ADAPTERS[n].identity_at_init]
+NOT_IDENTITY_AT_INIT = [n for n in ALL if not ADAPTERS[n].identity_at_init]
+MERGEABLE = [n for n in ALL if ADAPTERS[n].mergeable]
+NOT_MERGEABLE = [n for n in ALL if not ADAPTERS[n].mergeable]
+STOCHASTIC = [n for n in ALL if ADAPTERS[n].stochastic]
+DETERMINISTIC = [n for n in ALL if not ADAPTERS[n].stochastic]
+RANDOM_PROJECTIONS = [n for n in ALL if issubclass(ADAPTERS[n].config_cls, VeraConfig)]  # VeRA and its kin
 DIM, DEPTH, MLP = 48, 2, 192  # the tiny ViT of conftest.tiny_vit
 
 
@@ -25,7 +37,7 @@ def images() -> torch.Tensor:
     return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("name", sorted(ADAPTERS))
+@pytest.mark.parametrize("name", ALL)
 def test_output_shape_and_only_adapter_and_head_get_gradients(name, images):
     model = apply_adapter(tiny_vit(num_classes=5), name).train()
     out = model(images)
@@ -54,6 +66,15 @@ def test_adapted_model_equals_frozen_backbone_at_init(name, images):
         torch.testing.assert_close(adapted(images), backbone(images), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", NOT_IDENTITY_AT_INIT)
+def test_adapters_not_identity_at_init_start_near_the_backbone(name, images):
+    backbone = tiny_vit()
+    adapted = apply_adapter(copy.deepcopy(backbone), name).eval()
+    with torch.no_grad():
+        change = (adapted(images) - backbone(images)).abs().max().item()
+    assert 0 < change < 0.1
+
+
 @pytest.mark.parametrize("slices", [None, "default"], ids=["whole-fused-qkv", "default-slices"])
 @pytest.mark.parametrize("name", MERGEABLE)
 def test_merged_equals_unmerged(name, slices, images):
@@ -72,11 +93,13 @@ def test_merged_equals_unmerged(name, slices, images):
     assert (unmerged - tiny_vit()(images)).abs().max().item() > 1e-3  # the update is not trivially zero
 
 
-@pytest.mark.parametrize("name", ["adaptformer", "bottleneck"])
-def test_structural_adapters_refuse_to_merge(name):
+@pytest.mark.parametrize("name", NOT_MERGEABLE)
+def test_adapters_not_mergeable_refuse_to_merge(name):
     model = apply_adapter(tiny_vit(), name)
-    with pytest.raises(ValueError, match=f"adapter '{name}' changes the network's structure and cannot be merged"):
+    message = f"adapter '{name}' has no weight update to fold into the backbone and cannot be merged"
+    with pytest.raises(ValueError, match=message):
         merge_adapter(model)
+    assert model.adapter_config.name == name  # nothing was changed
 
 
 def count(name: str, **hparams) -> int:
@@ -111,77 +134,24 @@ def test_lora_leaves_k_untouched(images):
     assert change[..., DIM : 2 * DIM].abs().max() == 0
 
 
-def test_add_into_slices_matches_indexing_and_finite_differences():
-    generator = torch.Generator().manual_seed(0)
-    out, update = (
-        torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True)
-        for shape in ((2, 4, 9), (2, 4, 2, 3))
-    )
-    slices = ((0, 3), (6, 9))  # the q and v columns of a fused qkv of width 3
-
-    def add(out, update):
-        return AddIntoSlices.apply(out.clone(), slices, update)
-
-    assert torch.autograd.gradcheck(add, (out, update))
-    expected = out.detach().clone()
-    expected[..., 0:3] += update.detach()[..., 0, :]
-    expected[..., 6:9] += update.detach()[..., 1, :]
-    torch.testing.assert_close(add(out, update), expected)
+def test_spread_slices_places_each_slice_and_take_slices_reads_it_back():
+    values = torch.arange(12.0).view(2, 2, 3)  # (tokens, n_slices, width)
+    spread = spread_slices(values, ((6, 9), (0, 3)), 9)  # v before q: placed by column, not by order
+    expected = torch.zeros(2, 9)
+    expected[:, 6:9], expected[:, 0:3] = values[:, 0], values[:, 1]
+    assert torch.equal(spread, expected)
+    assert torch.equal(take_slices(spread, ((6, 9), (0, 3))), values)
+    ones_between = spread_slices(values, ((0, 3), (6, 9)), 9, fill=1.0)[:, 3:6]
+    assert torch.equal(ones_between, torch.ones(2, 3))
 
 
-def test_dora_rescale_matches_indexing_and_finite_differences():
-    generator = torch.Generator().manual_seed(1)
-    out, update, scale = (
-        torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True)
-        for shape in ((2, 4, 9), (2, 4, 2, 3), (2, 3))
-    )
-    slices = ((0, 3), (6, 9))
-
-    def rescale(out, update, scale):
-        return RescaleSlices.apply(out.clone(), slices, update, scale)
-
-    assert torch.autograd.gradcheck(rescale, (out, update, scale))
-    expected = out.detach().clone()
-    for i, (start, stop) in enumerate(slices):
-        expected[..., start:stop] = (expected[..., start:stop] + update.detach()[..., i, :]) * scale.detach()[i]
-    torch.testing.assert_close(rescale(out, update, scale), expected)
-
-
-def test_vera_scaled_projection_matches_indexing_and_finite_differences():
-    generator = torch.Generator().manual_seed(2)
-    out, latent, scale = (
-        torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True)
-        for shape in ((6, 9), (6, 2, 4), (2, 3))
-    )
-    projection = torch.randn(3, 4, generator=generator, dtype=torch.float64)  # B: frozen
-    slices = ((0, 3), (6, 9))
-
-    def add(out, latent, scale):
-        return AddScaledProjection.apply(out.clone(), slices, latent, projection, scale)
-
-    assert torch.autograd.gradcheck(add, (out, latent, scale))
-    expected = out.detach().clone()
-    for i, (start, stop) in enumerate(slices):
-        expected[:, start:stop] += scale.detach()[i] * (latent.detach()[:, i] @ projection.T)
-    torch.testing.assert_close(add(out, latent, scale), expected)
-
-
-def test_pvera_latent_and_kl_match_the_formula_and_finite_differences():
-    generator = torch.Generator().manual_seed(3)
-    h, lambda_d = (
-        torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True) for shape in ((6, 8), (2, 8))
-    )
-    noise = torch.randn(6, 2, 4, generator=generator, dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda h, d: SampleLatent.apply(h, d, noise), (h, lambda_d))
-    z, kl = SampleLatent.apply(h, lambda_d, noise)
-    mu, logvar = (h.unsqueeze(-2) * lambda_d).detach().split(4, dim=-1)
-    torch.testing.assert_close(z, mu + noise * (0.5 * logvar).exp())
-    torch.testing.assert_close(kl, 0.5 * (mu.square() + logvar.exp() - 1 - logvar).mean())
-
-
-@pytest.mark.parametrize("name", ["lora", "vera", "pvera", "dora", "ia3"])
+@pytest.mark.parametrize("name", MERGEABLE)
 def test_bf16_autocast_gradients_are_close_to_fp32(name, images):
-    """The hand-written backward passes cast between bf16 products and fp32 parameters correctly."""
+    """Under bf16 autocast the weight updates' fp32 parameters get gradients close to the fp32 ones.
+
+    (AdaptFormer is left out: on this tiny ViT a few of its ReLU gates flip sign in bf16, which moves its
+    first block's down-projection gradient by up to ~25 %: rounding, not a cast error.)
+    """
     model = apply_adapter(tiny_vit(), name).train()
     perturb(model)
     grads = {}
@@ -198,25 +168,16 @@ def test_bf16_autocast_gradients_are_close_to_fp32(name, images):
         assert error < 0.03, (param_name, error.item())
 
 
-@pytest.mark.parametrize("on_input", [True, False], ids=["feedforward", "output"])
-def test_ia3_scaled_linear_matches_the_formula_and_finite_differences(on_input):
-    generator = torch.Generator().manual_seed(4)
-    weight, bias = torch.randn(5, 4, generator=generator, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
-    x = torch.randn(6, 4, generator=generator, dtype=torch.float64, requires_grad=True)
-    scale = torch.randn(4 if on_input else 5, generator=generator, dtype=torch.float64, requires_grad=True)
-
-    def scaled_linear(x, scale):
-        return ScaledFrozenLinear.apply(x, scale, weight, bias, on_input)
-
-    assert torch.autograd.gradcheck(scaled_linear, (x, scale))
-    plain = torch.nn.functional.linear
-    expected = plain(x * scale, weight, bias) if on_input else scale * plain(x, weight, bias)
-    torch.testing.assert_close(scaled_linear(x, scale), expected)
-
-
-def test_slices_must_be_evenly_spaced():
-    with pytest.raises(ValueError, match="evenly spaced"):
-        slice_view(torch.zeros(2, 12), ((0, 3), (3, 6), (9, 12)))
+def test_vera_forward_is_its_equation():
+    model = apply_adapter(tiny_vit(), "vera", r=4)
+    perturb(model)
+    layer = model.blocks[0].attn.qkv
+    x = torch.randn(2, 5, DIM)
+    expected = layer.base_layer(x)
+    for i, (start, stop) in enumerate(layer.slices):
+        latent = layer.vera_lambda_d[i] * F.linear(x, layer.A)
+        expected[..., start:stop] += layer.vera_lambda_b[i] * F.linear(latent, layer.B)
+    torch.testing.assert_close(layer(x), expected)
 
 
 def test_pvera_training_forward_is_the_reparametrised_update():
@@ -227,30 +188,30 @@ def test_pvera_training_forward_is_the_reparametrised_update():
     torch.manual_seed(11)
     out = layer(x)
     torch.manual_seed(11)
-    h = torch.nn.functional.linear(x, layer.projection_a()).unsqueeze(-2) * layer.lambda_d
+    h = F.linear(x, layer.A).unsqueeze(-2) * layer.pvera_lambda_d
     mu, logvar = h[..., :4], h[..., 4:]
     std = (0.5 * logvar).exp()
-    z = mu + torch.randn_like(std) * std  # one draw per token, latent unit and slice
+    z = mu + torch.randn_like(std) * std  # one draw per token, slice and latent unit, in that memory order
     expected = layer.base_layer(x)
     for i, (start, stop) in enumerate(layer.slices):
-        expected[..., start:stop] += layer.lambda_b[i] * torch.nn.functional.linear(z[..., i, :], layer.projection_b())
+        expected[..., start:stop] += layer.pvera_lambda_b[i] * F.linear(z[..., i, :], layer.B)
     torch.testing.assert_close(out, expected)
 
 
-@pytest.mark.parametrize("name", ["vera", "pvera"])
+@pytest.mark.parametrize("name", RANDOM_PROJECTIONS)
 def test_random_projections_are_shared_and_regenerated_from_the_seed(name):
     model = apply_adapter(tiny_vit(), name, r=16, projection_seed=7)
-    layers = [m for m in model.modules() if hasattr(m, "projection_a")]
+    layers = [m for m in model.modules() if hasattr(m, "projections")]
     assert len(layers) == DEPTH
-    assert len({layer.projection_a().data_ptr() for layer in layers}) == 1
+    assert len({layer.A.data_ptr() for layer in layers}) == 1
     again = apply_adapter(tiny_vit(), name, r=16, projection_seed=7)
     other = apply_adapter(tiny_vit(), name, r=16, projection_seed=8)
-    a = layers[0].projection_a()
-    assert torch.equal(a, next(m for m in again.modules() if hasattr(m, "projection_a")).projection_a())
-    assert not torch.equal(a, next(m for m in other.modules() if hasattr(m, "projection_a")).projection_a())
+    a = layers[0].A
+    assert torch.equal(a, again.blocks[0].attn.qkv.A)
+    assert not torch.equal(a, other.blocks[0].attn.qkv.A)
     bound = (6.0 / DIM) ** 0.5  # Kaiming-uniform, fan_in = input width
     assert a.abs().max() <= bound and a.abs().max() > 0.9 * bound
-    assert not a.requires_grad and not layers[0].projection_b().requires_grad  # frozen buffers, not parameters
+    assert not a.requires_grad and not layers[0].B.requires_grad  # frozen buffers, not parameters
     assert not any("projections" in key for key in model.state_dict())  # regenerated, not saved
 
 
@@ -261,7 +222,7 @@ def test_pvera_kl_matches_the_closed_form():
     x = torch.randn(2, 5, DIM)
     layer(x)
     kl = layer.kl()
-    h = torch.nn.functional.linear(x, layer.projection_a()).double().unsqueeze(-2) * layer.lambda_d.double()
+    h = F.linear(x.double(), layer.A.double()).unsqueeze(-2) * layer.pvera_lambda_d.double()
     mu, logvar = h[..., :4], h[..., 4:]
     expected = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).mean()
     torch.testing.assert_close(kl.double(), expected, rtol=1e-4, atol=0)  # float32 sums of terms near 1 cancel
@@ -274,10 +235,32 @@ def test_pvera_model_kl_is_the_sum_over_blocks(images):
     model(images)
     per_block = [b.attn.qkv.kl().item() for b in model.blocks]
     assert adapter_loss(model).item() == pytest.approx(sum(per_block))
+    assert all(kl > 0 for kl in per_block)
 
 
-def test_pvera_sampling_modes_differ_and_mean_is_deterministic(images):
-    model = apply_adapter(tiny_vit(), "pvera", r=8)
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_adapter_loss_comes_from_the_last_training_forward_only(name, images):
+    model = apply_adapter(tiny_vit(), name)
+    perturb(model)
+    assert adapter_loss(model) is None  # no forward yet
+    model.train()(images)
+    loss = adapter_loss(model)
+    assert loss.ndim == 0 and loss.item() > 0 and loss.requires_grad
+    with torch.no_grad():
+        model.eval()(images)
+    assert adapter_loss(model) is None  # an eval forward leaves nothing
+
+
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_deterministic_adapters_have_no_adapter_loss(name, images):
+    model = apply_adapter(tiny_vit(), name).train()
+    model(images)
+    assert adapter_loss(model) is None
+
+
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_sampling_modes_differ_and_mean_is_deterministic(name, images):
+    model = apply_adapter(tiny_vit(), name)
     perturb(model)
     model.eval()
     outputs = {}
@@ -289,6 +272,23 @@ def test_pvera_sampling_modes_differ_and_mean_is_deterministic(images):
     assert not torch.equal(*outputs["random"])  # a fresh draw per pass
     assert not torch.allclose(outputs["mean"][0], outputs["fixed"][0])
     assert not torch.allclose(outputs["mean"][0], outputs["random"][0])
+
+
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_sample_latents_restores_the_previous_mode(name):
+    model = apply_adapter(tiny_vit(), name)
+    layers = [m for m in model.modules() if hasattr(m, "sample_mode")]
+    assert len(layers) == DEPTH and {layer.sample_mode for layer in layers} == {"mean"}
+    with sample_latents(model, "fixed"):
+        assert {layer.sample_mode for layer in layers} == {"fixed"}
+        with pytest.raises(RuntimeError, match="inside"), sample_latents(model, "random"):
+            assert {layer.sample_mode for layer in layers} == {"random"}
+            raise RuntimeError("inside")
+        assert {layer.sample_mode for layer in layers} == {"fixed"}  # restored, even after an exception
+    assert {layer.sample_mode for layer in layers} == {"mean"}
+    with pytest.raises(ValueError, match="unknown sampling mode 'mc'; expected one of"):
+        with sample_latents(model, "mc"):
+            pass
 
 
 def test_apply_adapter_rejects_bad_input():

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from conftest import run_cli
+import re
+
+from conftest import REPO, run_cli
+from omegaconf import OmegaConf
 
 from pvera_bench.adapters import ADAPTERS
 
@@ -60,3 +63,45 @@ def test_missing_weights_say_how_to_provide_them(data_root, tmp_path):
     assert line.startswith("error: cannot get pretrained weights for vit_base_patch16_224.orig_in21k")
     assert "backbone.weights=" in line and "backbone.pretrained=false" in line
     assert not (tmp_path / "runs").exists()
+
+
+def help_groups(text: str) -> dict[str, str]:
+    """The config-group entries of ``--help``: group -> its option lines (description line left out)."""
+    section = text.split("== Config groups")[1].split("\n\n== ")[0]
+    entries: dict[str, list[str]] = {}
+    for line in section.splitlines()[1:]:
+        if re.match(r"  \S", line):
+            entries[line.split()[0]] = []
+        elif line.strip():
+            entries[list(entries)[-1]].append(line.strip())
+    return {group: " ".join(lines) for group, lines in entries.items()}
+
+
+def test_help_names_the_app_its_commands_and_only_the_user_facing_groups():
+    result = run_cli("--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("pvera_bench: ")
+    assert "powered by Hydra" not in result.stdout and "schema/" not in result.stdout
+    for command in ("make demo", "make table", "python -m pvera_bench adapter=pvera dataset=cifar100", "prepare_vtab"):
+        assert command in result.stdout
+    groups = help_groups(result.stdout)
+    choices = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "config.yaml"))["defaults"]
+    defaults = {group: option for choice in choices if isinstance(choice, dict) for group, option in choice.items()}
+    assert list(groups) == [
+        "adapter",
+        "dataset",
+        "backbone",
+        "sampling",
+        "protocol",
+        "grid",
+        "trainer",
+        "logger",
+        "experiment",
+    ]
+    for group, text in groups.items():
+        listed = [name.strip() for name in re.sub(r"\([^)]*\)", "", text).split(",")]
+        options = sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
+        assert sorted(name.strip("[]") for name in listed) == options, group
+        assert [name.strip("[]") for name in listed if name.startswith("[")] == (
+            [defaults[group]] if defaults[group] else []
+        )

@@ -1,4 +1,4 @@
-"""Metrics, schedule and normalisation of the trainer, against hand-computed values."""
+"""Metrics, schedule and normalisation of the trainer, against hand-computed values; stopping on request."""
 
 from __future__ import annotations
 
@@ -6,9 +6,14 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
-from pvera_bench.config import TrainerConfig
-from pvera_bench.engine import Normalizer, build_scheduler, classification_metrics
+from pvera_bench.config import ProtocolConfig, SamplingConfig, TrainerConfig
+from pvera_bench.data import SplitData
+from pvera_bench.engine import Preempted, build_scheduler, fit, trainable_state
+from pvera_bench.evaluation import classification_metrics
+from pvera_bench.features import HeadOnly
+from pvera_bench.runtime import Normalizer, Runtime
 
 
 def test_metrics_match_hand_computation():
@@ -58,3 +63,25 @@ def test_normalizer_matches_the_formula():
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     expected = (images.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     torch.testing.assert_close(Normalizer(mean, std)(images), expected)
+
+
+def test_fit_stops_at_the_batch_after_should_stop_turns_true():
+    torch.manual_seed(0)
+    model = HeadOnly(nn.Linear(4, 3))
+    data = SplitData(torch.randn(32, 4), torch.randint(0, 3, (32,)))
+    runtime = Runtime(torch.device("cpu"), nn.Identity(), progress=False)
+    trainer = TrainerConfig(epochs=2, batch_size=8, progress=False)
+    protocol, sampling = ProtocolConfig(name="train-only", val_split=None), SamplingConfig(mode="mean")
+    asked = []
+
+    def should_stop() -> bool:
+        asked.append(len(asked))
+        return len(asked) > 3  # three batches, then stop
+
+    before = trainable_state(model)
+    with pytest.raises(Preempted):
+        fit(model, data, None, runtime, trainer, protocol, sampling, None, 0.0, seed=0, should_stop=should_stop)
+    assert len(asked) == 4  # asked before every batch; the fourth answer stopped the fit
+    assert not torch.equal(model.head.weight, before["head.weight"])  # the first three batches trained
+    finished = fit(model, data, None, runtime, trainer, protocol, sampling, None, 0.0, seed=0)
+    assert (finished.epochs_run, len(finished.history)) == (2, 2)  # nothing stops a fit by default

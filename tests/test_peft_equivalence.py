@@ -75,14 +75,14 @@ def test_vera_and_pvera_match_peft(name):
     reference = peft_reference(config_cls(r=16, d_initial=0.1, projection_prng_key=5, target_modules=QV))
     layer = ours.blocks[0].attn.qkv
     # same seed, same draw order: the shared random matrices are PEFT's, bit for bit
-    assert torch.equal(layer.projection_a(), getattr(reference.base_model, f"{name}_A")["default"])
-    assert torch.equal(layer.projection_b(), getattr(reference.base_model, f"{name}_B")["default"])
+    assert torch.equal(layer.A, getattr(reference.base_model, f"{name}_A")["default"])
+    assert torch.equal(layer.B, getattr(reference.base_model, f"{name}_B")["default"])
     with torch.no_grad():
         for b, block in enumerate(ours.blocks):
             for i, slice_name in enumerate("qv"):
                 target = peft_layer(reference, b, slice_name)
-                getattr(target, f"{name}_lambda_d")["default"].copy_(block.attn.qkv.lambda_d[i])
-                getattr(target, f"{name}_lambda_b")["default"].copy_(block.attn.qkv.lambda_b[i])
+                for vector in ("lambda_d", "lambda_b"):  # the same parameter names as PEFT's
+                    getattr(target, f"{name}_{vector}")["default"].copy_(getattr(block.attn.qkv, f"{name}_{vector}")[i])
     assert_same_outputs(ours, reference)  # eval: PVeRA uses the mean latent, as PEFT does by default
 
 

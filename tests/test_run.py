@@ -1,10 +1,12 @@
-"""End-to-end runs on the real mnist5k digits with the tiny backbone."""
+"""The protocol end to end, in-process, on the real mnist5k digits with the tiny backbone."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+from conftest import expected_result_path, results
 
 from pvera_bench.errors import UserError
 from pvera_bench.run import run
@@ -30,16 +32,11 @@ REQUIRED_KEYS = {
 }
 
 
-def result_files(cfg) -> list:
-    from pathlib import Path
-
-    return sorted(Path(cfg.paths.results).rglob("*.json"))
-
-
 def test_run_writes_one_complete_result(demo_config):
     cfg = demo_config("adapter=pvera")
     record = run(cfg)
-    [path] = result_files(cfg)
+    path = expected_result_path(cfg)
+    assert list(Path(cfg.paths.results).rglob("*.json")) == [path]
     written = json.loads(path.read_text())
     assert REQUIRED_KEYS <= written.keys()
     assert written == json.loads(json.dumps(record))
@@ -57,12 +54,18 @@ def test_run_writes_one_complete_result(demo_config):
     assert path.name.startswith("pvera__mean__pvera__s0__")
 
 
-def test_same_seed_same_result_and_other_seed_differs(demo_config):
-    first = run(demo_config("adapter=lora", "seed=3"))
-    second = run(demo_config("adapter=lora", "seed=3"))
+@pytest.mark.slow
+def test_same_seed_same_result_and_other_seed_differs(demo_config, tmp_path):
+    # two results folders: in one, the second run would be served from the first run's JSON
+    first_cfg = demo_config("adapter=lora", "seed=3", f"paths.results={tmp_path / 'first'}")
+    second_cfg = demo_config("adapter=lora", "seed=3", f"paths.results={tmp_path / 'second'}")
+    first, second = run(first_cfg), run(second_cfg)
     other = run(demo_config("adapter=lora", "seed=4"))
-    assert first["test_top1"] == second["test_top1"]
-    assert first["test_nll"] == second["test_nll"]
+    first_path, second_path = expected_result_path(first_cfg), expected_result_path(second_cfg)
+    # the same run identity, and each folder holds a result its own run trained and wrote
+    assert first_path.name == second_path.name and first_path.is_file() and second_path.is_file()
+    assert (first["test_top1"], first["test_nll"]) == (second["test_top1"], second["test_nll"])
+    assert first["history"] == second["history"]
     assert other["test_nll"] != first["test_nll"]
 
 
@@ -93,9 +96,11 @@ def test_mc_sampling_records_predictive_std(demo_config):
     record = run(demo_config("adapter=pvera", "sampling=mc", "sampling.n=3"))
     assert record["sampling"] == "mc"
     assert record["test_predictive_std"] > 0
-    assert "__mc3__" in result_files(demo_config())[0].name
+    [name] = results(Path(demo_config().paths.results))
+    assert "__mc3__" in name
 
 
+@pytest.mark.slow
 def test_pvera_sampling_modes_give_different_test_predictions(demo_config):
     results = {mode: run(demo_config("adapter=pvera", f"sampling={mode}")) for mode in ("mean", "fixed", "random")}
     nll = {mode: record["test_nll"] for mode, record in results.items()}
@@ -107,9 +112,10 @@ def test_bad_adapter_value_fails_before_anything_is_built(demo_config):
     cfg = demo_config("adapter=lora", "adapter.r=0")
     with pytest.raises(UserError, match=r"^adapter=lora: adapter.r must be >= 1, got 0$"):
         run(cfg)
-    assert result_files(cfg) == []
+    assert not Path(cfg.paths.results).exists()
 
 
+@pytest.mark.slow
 def test_bf16_autocast_runs_on_cpu_and_changes_the_numerics(demo_config):
     fp32 = run(demo_config("adapter=pvera"))
     bf16 = run(demo_config("adapter=pvera", "trainer.bf16=true"))
@@ -118,6 +124,7 @@ def test_bf16_autocast_runs_on_cpu_and_changes_the_numerics(demo_config):
     assert abs(bf16["test_nll"] - fp32["test_nll"]) < 0.2  # the same model, at lower precision
 
 
+@pytest.mark.slow
 def test_torch_compile_path_gives_the_eager_result(demo_config, tmp_path):
     eager = run(demo_config("adapter=lora", "trainer.epochs=1"))
     # its own results folder: compile is not part of a run's identity, so the eager result would be reused

@@ -1,26 +1,29 @@
-"""Sweeps and their robustness: Hydra launchers, skipping finished runs, resuming killed ones, selection."""
+"""Sweeps and selection: Hydra launchers, skipping finished runs, the grid searched on val, loggers."""
 
 from __future__ import annotations
 
-import json
-import signal
 import sys
-import time
-from pathlib import Path
 
-import torch
-from conftest import run_cli, start_cli
+import pytest
+from conftest import results, run_cli
 
-from pvera_bench import run as run_module
+from pvera_bench.features import TaskInputs
 from pvera_bench.run import run
+from pvera_bench.selection import is_better
+from pvera_bench.state import GridRecord
 
 SMOKE = ("experiment=demo", "trainer=smoke", "grid=none")
 
 
-def results(folder: Path) -> dict[str, dict]:
-    return {str(p.relative_to(folder)): json.loads(p.read_text()) for p in sorted(folder.rglob("*.json"))}
+def record_split_reads(monkeypatch) -> list[str]:
+    """The names of the splits a run reads, in order (the first read of each loads it)."""
+    requested = []
+    original = TaskInputs.split
+    monkeypatch.setattr(TaskInputs, "split", lambda self, name: requested.append(name) or original(self, name))
+    return requested
 
 
+@pytest.mark.slow
 def test_joblib_sweep_writes_8_results_tables_and_a_rerun_skips_them_all(mock_root, tmp_path):
     runs = tmp_path / "runs"
     sweep = (
@@ -59,6 +62,7 @@ def test_joblib_sweep_writes_8_results_tables_and_a_rerun_skips_them_all(mock_ro
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("*.json")} == stamps
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_a_job(data_root, tmp_path):
     result = run_cli(
         "-m",
@@ -75,36 +79,9 @@ def test_submitit_local_launcher_runs_a_job(data_root, tmp_path):
     assert record["status"] == "success" and record["adapter"] == "linear"
 
 
-def test_run_killed_after_its_second_epoch_resumes_to_the_same_result(uninterrupted, tmp_path):
-    args, straight = uninterrupted
-    resumed_dir = tmp_path / "resumed"
-    process = start_cli(*args, f"paths.results={resumed_dir}")
-    deadline = time.monotonic() + 300
-    epoch = 0
-    while epoch < 2 and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.05)
-        for checkpoint in resumed_dir.rglob("*.ckpt"):
-            try:
-                epoch = torch.load(checkpoint, weights_only=True)["fit"]["loop"]["epoch"]
-            except Exception:  # noqa: BLE001  (replaced while being read: try again)
-                pass
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
-    assert 2 <= epoch < 8, "the run was not caught mid-training"
-    assert not list(resumed_dir.rglob("*.json"))
-    again = run_cli(*args, f"paths.results={resumed_dir}")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "resuming after epoch" in again.stdout + again.stderr
-    [resumed] = results(resumed_dir).values()
-    assert resumed["test_top1"] == straight["test_top1"]
-    assert resumed["test_nll"] == straight["test_nll"]
-    assert [e["train_loss"] for e in resumed["history"]] == [e["train_loss"] for e in straight["history"]]
-
-
+@pytest.mark.slow
 def test_grid_is_searched_on_val_and_the_lowest_val_loss_is_tested(demo_config, monkeypatch):
-    requested = []
-    original = run_module.Session.split
-    monkeypatch.setattr(run_module.Session, "split", lambda self, name: requested.append(name) or original(self, name))
+    requested = record_split_reads(monkeypatch)
     cfg = demo_config("adapter=lora", "grid=pvera")
     cfg.grid = {"lora": {"adapter.r": [2, 4]}}
     record = run(cfg)
@@ -116,10 +93,9 @@ def test_grid_is_searched_on_val_and_the_lowest_val_loss_is_tested(demo_config, 
     assert requested[-1] == "test" and requested.count("test") == 1  # test data only at the very end
 
 
+@pytest.mark.slow
 def test_vtab_protocol_selects_on_val_then_retrains_on_train800val200(demo_config, monkeypatch):
-    requested = []
-    original = run_module.Session.split
-    monkeypatch.setattr(run_module.Session, "split", lambda self, name: requested.append(name) or original(self, name))
+    requested = record_split_reads(monkeypatch)
     cfg = demo_config("adapter=vera", "protocol=vtab")
     cfg.grid = {"vera": {"adapter.lr": [1e-2, 1e-4]}}
     record = run(cfg)
@@ -133,6 +109,7 @@ def test_vtab_protocol_selects_on_val_then_retrains_on_train800val200(demo_confi
     assert requested[-1] == "test" and requested.count("test") == 1
 
 
+@pytest.mark.slow
 def test_wandb_logger_writes_an_offline_run(data_root, tmp_path):
     # logger.mode beats the WANDB_MODE=disabled that the tests (and CI) run under
     result = run_cli(
@@ -169,3 +146,15 @@ def test_wandb_logger_sends_config_epochs_and_summary(demo_config, monkeypatch):
     assert calls["init"]["mode"] == "offline" and calls["init"]["config"]["adapter"]["name"] == "linear"
     assert [m["point0/epoch"] for m in calls["log"]] == [1, 2]
     assert calls["summary"]["test_top1"] == record["test_top1"] and calls["finished"]
+
+
+def test_selection_prefers_lower_val_loss_or_higher_top1_with_loss_breaking_ties():
+    def scored(nll: float, top1: float) -> GridRecord:
+        return GridRecord({}, val_nll=nll, val_top1=top1, best_epoch=1, epochs_run=1)
+
+    assert is_better(scored(0.5, 0.1), None, "nll") and is_better(scored(0.5, 0.1), None, "top1")
+    assert is_better(scored(0.4, 0.1), scored(0.5, 0.9), "nll")
+    assert not is_better(scored(0.5, 0.9), scored(0.5, 0.1), "nll")  # a tie keeps the earlier point
+    assert is_better(scored(0.9, 0.8), scored(0.1, 0.7), "top1")
+    assert is_better(scored(0.4, 0.7), scored(0.5, 0.7), "top1")
+    assert not is_better(scored(0.5, 0.7), scored(0.5, 0.7), "top1")

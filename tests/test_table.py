@@ -6,8 +6,11 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import run_cli
 
-from pvera_bench.table import ALL_TASKS, TASKS, main, write_tables
+from pvera_bench.config import TaskGroup
+from pvera_bench.errors import UserError
+from pvera_bench.table import LONG_CSV_COLUMNS, folders, labels, main, write_tables
 
 
 def write_run(root, adapter, dataset, seed, top1, status="success", backbone="vit_b16_in21k", params=1000, rank=8):
@@ -42,11 +45,11 @@ def write_run(root, adapter, dataset, seed, top1, status="success", backbone="vi
 def runs(tmp_path):
     root = tmp_path / "runs"
     # "full": every task, seeds 0 and 1, task i has accuracies 0.50 + i/100 and 0.52 + i/100
-    for i, task in enumerate(ALL_TASKS):
+    for i, task in enumerate(folders()):
         write_run(root, "lora", task, 0, 0.50 + i / 100, params=294912)
         write_run(root, "lora", task, 1, 0.52 + i / 100, params=294912)
     # "partial": only the natural tasks, one seed; plus a failed run on dtd
-    for task, _, _ in TASKS["natural"]:
+    for task in folders(TaskGroup.natural):
         write_run(root, "vera", task, 0, 0.60, params=24576)
     write_run(root, "vera", "kitti", 0, None, status="failed")
     write_run(root, "linear", "mnist5k", 0, 0.7)
@@ -124,3 +127,56 @@ def test_two_configs_of_one_adapter_are_never_averaged_together(tmp_path):
         m for m in pd.read_csv(write_tables(tmp_path / "runs", tmp_path / "t")[1]).method if m.startswith("lora")
     }
     assert len(methods) == 2 and all("[" in m for m in methods)
+
+
+def test_the_19_columns_come_from_the_dataset_options():
+    assert len(folders()) == 19 and folders()[:2] == ["cifar", "caltech101"]  # cifar100's folder is "cifar"
+    assert labels()[0] == "CIFAR-100" and labels()[-1] == "sNORB-Elev"
+    assert [len(folders(group)) for group in TaskGroup] == [7, 4, 8, 0]
+    assert "mnist5k" not in folders()
+
+
+def test_demo_results_alone_make_tables_with_an_other_tasks_section(tmp_path, capsys):
+    for seed, adapter in enumerate(["linear", "lora", "vera", "pvera"]):
+        write_run(tmp_path / "runs", adapter, "mnist5k", 0, 0.7 + seed / 100, backbone="tiny")
+    main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "tables")])
+    assert len(capsys.readouterr().out.splitlines()) == 4
+    markdown = (tmp_path / "tables" / "vtab1k.md").read_text()
+    assert "No results on the 19 VTAB-1k tasks yet." in markdown
+    other = markdown.split("## Other tasks")[1].split("## Failed runs")[0]
+    assert [line.split(" | ")[3] for line in other.splitlines() if "| tiny |" in line] == sorted(
+        ["linear", "lora", "vera", "pvera"]
+    )
+    assert "| tiny | mnist5k | pvera | pvera | mean | 0.7300 |" in other
+    csv = pd.read_csv(tmp_path / "tables" / "vtab1k.csv")
+    assert csv.empty and list(csv.columns) == [*LONG_CSV_COLUMNS]
+
+
+def test_print_keeps_one_backbone_and_dataset(tmp_path, runs, capsys):
+    write_run(runs, "lora", "mnist5k", 0, 0.8, backbone="tiny")
+    main(["--runs", str(runs), "--print", "--backbone", "tiny", "--dataset", "mnist5k"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[2].startswith("| lora | mnist5k | tiny | mean | pvera | 0 | success | 0.8000 |")
+
+
+def test_empty_results_folder_is_one_line(tmp_path):
+    (tmp_path / "runs").mkdir()
+    result = run_cli("--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "tables"), module="pvera_bench.table")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: no result files under {tmp_path / 'runs'}; run some experiments first (see README)"
+    ]
+    assert not (tmp_path / "tables").exists()
+
+
+def test_corrupt_result_file_is_one_line_naming_it(tmp_path, runs):
+    broken = runs / "vit_b16_in21k" / "dtd" / "lora__mean__pvera__s9__x.json"
+    broken.write_text('{"status": "succ')
+    result = run_cli("--runs", str(runs), "--out", str(tmp_path / "tables"), module="pvera_bench.table")
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: {broken}: not a readable result file (")
+    assert not (tmp_path / "tables").exists()
+    with pytest.raises(UserError, match="not a result file"):
+        broken.write_text("[1, 2]")
+        main(["--runs", str(runs), "--out", str(tmp_path / "tables")])

@@ -96,7 +96,7 @@ def merge_adapter(model: nn.Module) -> nn.Module:
     if config is None:
         raise ValueError("model has no adapter: call apply_adapter first")
     if not ADAPTERS[config.name].mergeable:
-        raise ValueError(f"adapter {config.name!r} changes the network's structure and cannot be merged")
+        raise ValueError(f"adapter {config.name!r} has no weight update to fold into the backbone and cannot be merged")
     wrapped = [(name, m) for name, m in model.named_modules() if hasattr(m, "base_layer")]
     for name, module in wrapped:
         parent_name, _, attr = name.rpartition(".")

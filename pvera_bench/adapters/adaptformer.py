@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from pvera_bench.adapters.base import AdapterConfig, register_adapter
-from pvera_bench.adapters.bottleneck import Bottleneck
 
 
 @dataclass
@@ -32,19 +31,21 @@ class AdaptFormerConfig(AdapterConfig):
             raise ValueError(f"adapter.hidden_dim must be >= 1, got {self.hidden_dim}")
 
 
-class ParallelAdapter(Bottleneck):
+class ParallelAdapter(nn.Module):
     """Wraps ``mlp``: ``base_layer(h) + scale · up(ReLU(down(h)))``."""
 
     def __init__(self, base_layer: nn.Module, dim: int, config: AdaptFormerConfig) -> None:
-        super().__init__(dim, config.hidden_dim, "relu", prefix="adaptformer_")
+        super().__init__()
         self.base_layer = base_layer
         self.scale = config.scale
-        nn.init.zeros_(self.down.bias)  # down keeps nn.Linear's Kaiming-uniform weight
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
+        self.adaptformer_down = nn.Linear(dim, config.hidden_dim)  # keeps nn.Linear's Kaiming-uniform weight
+        self.adaptformer_up = nn.Linear(config.hidden_dim, dim)
+        nn.init.zeros_(self.adaptformer_down.bias)
+        nn.init.zeros_(self.adaptformer_up.weight)
+        nn.init.zeros_(self.adaptformer_up.bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.base_layer(h) + self.scale * self.residual(h)
+        return self.base_layer(h) + self.scale * self.adaptformer_up(torch.relu(self.adaptformer_down(h)))
 
 
 def inject(model: nn.Module, config: AdaptFormerConfig) -> None:

@@ -3,8 +3,10 @@
 An adapter is one module file that defines a config dataclass, its layer(s) and an
 ``inject(model, config)`` function, and ends with one :func:`register_adapter` call.
 Layers keep the frozen module they wrap as ``base_layer``; every trainable tensor an
-adapter adds carries the adapter's prefix (``lora_A``, ``vera_lambda_d``, ...), which is
-how :func:`mark_trainable` decides what trains.
+adapter adds is an attribute named with the adapter's prefix (``lora_A``, ``vera_lambda_d``,
+...), which is how :func:`mark_trainable` decides what trains. Each layer's ``forward`` is its
+paper's equation in plain PyTorch; updates of q and v in timm's fused qkv output are placed
+with :func:`spread_slices`.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class AdapterSpec:
         mergeable: :func:`merge_adapter` can fold it into the base weights.
         stochastic: it samples at training time, has a test-time :func:`sample_latents` mode and an
             :func:`adapter_loss`.
+        identity_at_init: the adapted model computes exactly what the backbone does until it trains.
     """
 
     name: str
@@ -79,6 +82,7 @@ class AdapterSpec:
     prefix: str | None
     mergeable: bool = False
     stochastic: bool = False
+    identity_at_init: bool = True
 
 
 ADAPTERS: dict[str, AdapterSpec] = {}
@@ -91,11 +95,12 @@ def register_adapter(
     prefix: str | None,
     mergeable: bool = False,
     stochastic: bool = False,
+    identity_at_init: bool = True,
 ) -> None:
     """Make an adapter available by name to :func:`apply_adapter` and the ``adapter`` config group."""
     if name in ADAPTERS:
         raise ValueError(f"adapter {name!r} is registered twice")
-    ADAPTERS[name] = AdapterSpec(name, config_cls, inject, prefix, mergeable, stochastic)
+    ADAPTERS[name] = AdapterSpec(name, config_cls, inject, prefix, mergeable, stochastic, identity_at_init)
 
 
 @dataclass(frozen=True)
@@ -139,98 +144,43 @@ def output_slices(path: str, layer: nn.Linear, qkv_slices: list[str] | None) -> 
     return tuple((QKV_NAMES.index(s) * width, (QKV_NAMES.index(s) + 1) * width) for s in qkv_slices)
 
 
-def slice_step(slices: tuple[tuple[int, int], ...]) -> int:
-    """The distance between consecutive slices; they must have one width and be evenly spaced (as q, k, v are)."""
-    first, width = slices[0][0], slices[0][1] - slices[0][0]
-    step = slices[1][0] - first if len(slices) > 1 else width
-    if any(start != first + i * step or end - start != width for i, (start, end) in enumerate(slices)):
-        raise ValueError(f"slices must have one width and be evenly spaced, got {slices}")
-    return step
+def spread_slices(
+    values: torch.Tensor, slices: tuple[tuple[int, int], ...], width: int, fill: float = 0.0
+) -> torch.Tensor:
+    """A ``(..., width)`` tensor with ``values[..., i, :]`` in columns ``slices[i]`` and ``fill`` in the others."""
+    pieces, cursor = [], 0
+    for (start, stop), value in sorted(zip(slices, values.unbind(-2), strict=True), key=lambda pair: pair[0]):
+        pieces += [values.new_full((*values.shape[:-2], start - cursor), fill), value]
+        cursor = stop
+    pieces.append(values.new_full((*values.shape[:-2], width - cursor), fill))
+    return torch.cat(pieces, dim=-1)
 
 
-def slice_view(tensor: torch.Tensor, slices: tuple[tuple[int, int], ...]) -> torch.Tensor:
-    """The columns of ``slices`` (see :func:`slice_step`) as a view ``(..., n_slices, width)`` of ``tensor``."""
-    step, (first, stop) = slice_step(slices), slices[0]
-    width = stop - first
-    column = tensor.stride(-1)
-    return tensor.as_strided(
-        (*tensor.shape[:-1], len(slices), width),
-        (*tensor.stride()[:-1], step * column, column),
-        tensor.storage_offset() + first * column,
-    )
+def take_slices(values: torch.Tensor, slices: tuple[tuple[int, int], ...]) -> torch.Tensor:
+    """The columns ``slices[i]`` of ``values`` as ``(..., n_slices, width)``: the inverse of :func:`spread_slices`."""
+    return torch.stack([values[..., start:stop] for start, stop in slices], dim=-2)
 
 
-def scale_gradient(grad_view: torch.Tensor, values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Gradient of a ``(n_slices, width)`` scale that multiplied ``values``: summed over tokens, in its dtype."""
-    return (grad_view * values).flatten(0, -3).sum(0, dtype=scale.dtype)
+class SlicedLinear(nn.Module):
+    """Base of layers that add a separate update to some output slices of a frozen Linear (q and v of a qkv).
 
-
-def layer_tokens(x: torch.Tensor, in_features: int) -> torch.Tensor:
-    """``x`` as 2-D tokens; under autocast cast once, so the base layer and the adapter share one cast."""
-    tokens = x.reshape(-1, in_features)
-    device = tokens.device.type
-    if torch.is_autocast_enabled(device):
-        tokens = tokens.to(torch.get_autocast_dtype(device))
-    return tokens
-
-
-class AddIntoSlices(torch.autograd.Function):
-    """``out[..., slice_i] += update[..., i, :]`` for every slice, in place, in one op.
-
-    Autograd's own in-place add on a slice view copies the whole gradient of ``out`` once per
-    slice in the backward pass; here the gradient of ``out`` passes through untouched and the
-    update receives a strided view of it.
+    Subclasses compute the updates as ``(..., n_slices, slice_width)`` and add them to the base output
+    with :func:`spread_slices`; ``delta_weight()`` is the equivalent weight update, ``(n_slices, slice_width, in)``.
     """
-
-    @staticmethod
-    def forward(ctx, out, slices, update):
-        slice_view(out, slices).add_(update)
-        ctx.mark_dirty(out)
-        ctx.slices = slices
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None, slice_view(grad, ctx.slices)
-
-
-class SlicedUpdate(nn.Module):
-    """Base of layers that add a per-slice update to a frozen Linear's output.
-
-    Subclasses implement ``slice_updates(x)``, returning the arguments after ``slices`` of
-    ``add_into_slices`` (by default :class:`AddIntoSlices`: the updates of all slices as one
-    ``(..., n_slices, slice_width)`` tensor); and ``delta_weight()``, the equivalent weight
-    update of shape ``(n_slices, slice_width, in)``. The updates are added in place into
-    their columns of the base output: no zero blocks, no concatenation.
-    """
-
-    add_into_slices: type[torch.autograd.Function] = AddIntoSlices
 
     def __init__(self, base_layer: nn.Linear, slices: tuple[tuple[int, int], ...]) -> None:
         super().__init__()
         widths = {stop - start for start, stop in slices}
         if len(widths) != 1:
             raise ValueError(f"all adapted slices of a layer must have the same width, got {slices}")
-        slice_step(slices)  # the updates are added through slice_view: evenly spaced slices only
         self.base_layer = base_layer
         self.slices = slices
         self.slice_width = widths.pop()
         self.in_features = base_layer.in_features
         self.out_features = base_layer.out_features
 
-    def slice_updates(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        raise NotImplementedError
-
     def delta_weight(self) -> torch.Tensor:
         raise NotImplementedError
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # On 2-D input the base output is a tensor of its own, not a view: adding into it in place
-        # does not make autograd copy the whole gradient (it would for a view). F.linear does not
-        # keep its output for the backward pass, so the in-place add is safe.
-        tokens = layer_tokens(x, self.in_features)
-        out = self.add_into_slices.apply(self.base_layer(tokens), self.slices, *self.slice_updates(tokens))
-        return out.view(*x.shape[:-1], self.out_features)
 
     def merged_layer(self) -> nn.Linear:
         """The base Linear with the update folded into its weight."""
@@ -266,7 +216,7 @@ SAMPLE_MODES = ("mean", "random", "fixed")  # the latent a stochastic layer uses
 class StochasticLayer(nn.Module):
     """A layer with a sampled latent: training always samples; at test time ``sample_mode`` chooses.
 
-    Subclasses keep what their last training forward needs for :meth:`kl` and return it there.
+    Subclasses keep what their last training forward needs for :meth:`kl` (an eval forward keeps nothing).
     """
 
     sample_mode: str = "mean"

@@ -42,42 +42,23 @@ class BottleneckConfig(AdapterConfig):
             raise ValueError(f"adapter.init_std must be >= 0, got {self.init_std}")
 
 
-class Bottleneck(nn.Module):
-    """``x + up(act(down(x)))`` with separate prefix-named projections."""
-
-    def __init__(self, dim: int, hidden_dim: int, activation: str, prefix: str) -> None:
-        super().__init__()
-        self.prefix = prefix
-        setattr(self, f"{prefix}down", nn.Linear(dim, hidden_dim))
-        setattr(self, f"{prefix}up", nn.Linear(hidden_dim, dim))
-        self.activation = ACTIVATIONS[activation]()
-
-    @property
-    def down(self) -> nn.Linear:
-        return getattr(self, f"{self.prefix}down")
-
-    @property
-    def up(self) -> nn.Linear:
-        return getattr(self, f"{self.prefix}up")
-
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.activation(self.down(x)))
-
-
-class SerialAdapter(Bottleneck):
+class SerialAdapter(nn.Module):
     """Wraps a block submodule: ``y = base_layer(x)``, then ``y + up(act(down(y)))``."""
 
     def __init__(self, base_layer: nn.Module, dim: int, config: BottleneckConfig) -> None:
-        super().__init__(dim, config.hidden_dim, config.activation, prefix="bottleneck_")
+        super().__init__()
         self.base_layer = base_layer
+        self.bottleneck_down = nn.Linear(dim, config.hidden_dim)
+        self.bottleneck_up = nn.Linear(config.hidden_dim, dim)
+        self.activation = ACTIVATIONS[config.activation]()
         std = config.init_std
-        for layer in (self.down, self.up):
+        for layer in (self.bottleneck_down, self.bottleneck_up):
             nn.init.trunc_normal_(layer.weight, std=std, a=-2 * std, b=2 * std)
             nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         y = self.base_layer(x, *args, **kwargs)
-        return y + self.residual(y)
+        return y + self.bottleneck_up(self.activation(self.bottleneck_down(y)))
 
 
 def inject(model: nn.Module, config: BottleneckConfig) -> None:
@@ -89,4 +70,4 @@ def inject(model: nn.Module, config: BottleneckConfig) -> None:
             setattr(block, name, SerialAdapter(getattr(block, name), dim, config))
 
 
-register_adapter("bottleneck", BottleneckConfig, inject, prefix="bottleneck_")
+register_adapter("bottleneck", BottleneckConfig, inject, prefix="bottleneck_", identity_at_init=False)

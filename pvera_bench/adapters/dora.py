@@ -13,40 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pvera_bench.adapters.base import layer_tokens, register_adapter, scale_gradient, slice_view
+from pvera_bench.adapters.base import register_adapter, spread_slices, take_slices
 from pvera_bench.adapters.lora import LoraConfig, LoraLinear, low_rank_targets
 
 
 @dataclass
 class DoraConfig(LoraConfig):
     pass
-
-
-class RescaleSlices(torch.autograd.Function):
-    """``out[..., slice_i] = (out[..., slice_i] + update[..., i, :]) ⊙ scale[i]`` in place (DoRA's output).
-
-    Written in place on a 2-D base output, with no autograd copy of the whole gradient per slice.
-    """
-
-    @staticmethod
-    def forward(ctx, out, slices, update, scale):
-        target = slice_view(out, slices)
-        combined = target + update
-        torch.mul(combined, scale.to(combined.dtype), out=target)
-        ctx.mark_dirty(out)
-        ctx.slices = slices
-        ctx.save_for_backward(combined, scale)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        combined, scale = ctx.saved_tensors
-        grad_view = slice_view(grad, ctx.slices)
-        grad_combined = grad_view * scale.to(grad.dtype)
-        grad_out = grad.clone()
-        slice_view(grad_out, ctx.slices).copy_(grad_combined)
-        grad_scale = scale_gradient(grad_view, combined, scale) if ctx.needs_input_grad[3] else None
-        return grad_out, None, grad_combined, grad_scale
 
 
 class DoraLinear(LoraLinear):
@@ -57,27 +30,24 @@ class DoraLinear(LoraLinear):
     ) -> None:
         super().__init__(base_layer, slices, r, alpha, dropout)
         with torch.no_grad():
-            norms = torch.stack([base_layer.weight[start:stop].norm(dim=1) for start, stop in slices])
+            norms = self.base_weights().norm(dim=-1)
         self.lora_magnitude = nn.Parameter(norms.float())
+
+    def base_weights(self) -> torch.Tensor:
+        """The frozen weight rows of every slice, ``(n_slices, width, in)``."""
+        return torch.stack([self.base_layer.weight[start:stop] for start, stop in self.slices])
 
     def magnitude_scale(self) -> torch.Tensor:
         """``m / ||W + ΔW||`` per slice and output row, ``(n_slices, width)``; the norm is detached (paper §4.3)."""
-        with torch.no_grad():
-            norms = (self.base_weights() + super().delta_weight()).norm(dim=-1)
-        return self.lora_magnitude / norms
-
-    def base_weights(self) -> torch.Tensor:
-        """The frozen weight rows of every slice, ``(n_slices, width, in)`` (a view)."""
-        return slice_view(self.base_layer.weight.T, self.slices).permute(1, 2, 0)
+        norm = (self.base_weights() + super().delta_weight()).norm(dim=-1).detach()
+        return self.lora_magnitude / norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = layer_tokens(x, self.in_features)
-        out = F.linear(tokens, self.base_layer.weight)  # without bias: the scale applies to W x + ΔW x only
-        (update,) = self.slice_updates(tokens)
-        out = RescaleSlices.apply(out, self.slices, update, self.magnitude_scale())
-        if self.base_layer.bias is not None:
-            out.add_(self.base_layer.bias)
-        return out.view(*x.shape[:-1], self.out_features)
+        wx = F.linear(x, self.base_layer.weight)  # W x; the bias is added after the rescaling
+        wx_slices = take_slices(wx, self.slices)
+        adapted = self.magnitude_scale() * (wx_slices + self.update(x))  # m (W + ΔW) x / ||W + ΔW||, per slice
+        out = wx + spread_slices(adapted - wx_slices, self.slices, self.out_features)
+        return out if self.base_layer.bias is None else out + self.base_layer.bias
 
     def delta_weight(self) -> torch.Tensor:
         weights = self.base_weights()

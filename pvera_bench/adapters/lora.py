@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pvera_bench.adapters.base import SlicedUpdate, Target, TargetedConfig, find_targets, register_adapter
+from pvera_bench.adapters.base import (
+    SlicedLinear,
+    Target,
+    TargetedConfig,
+    find_targets,
+    register_adapter,
+    spread_slices,
+)
 
 
 @dataclass
@@ -34,7 +41,7 @@ class LoraConfig(TargetedConfig):
             raise ValueError(f"adapter.dropout must be in [0, 1), got {self.dropout}")
 
 
-class LoraLinear(SlicedUpdate):
+class LoraLinear(SlicedLinear):
     """A frozen Linear plus one rank-r update per output slice."""
 
     def __init__(
@@ -42,7 +49,6 @@ class LoraLinear(SlicedUpdate):
     ) -> None:
         super().__init__(base_layer, slices)
         n = len(slices)
-        self.r = r
         self.scaling = alpha / r
         self.lora_A = nn.Parameter(torch.empty(n, r, self.in_features))
         self.lora_B = nn.Parameter(torch.zeros(n, self.slice_width, r))
@@ -50,19 +56,17 @@ class LoraLinear(SlicedUpdate):
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
-    def down(self, x: torch.Tensor) -> torch.Tensor:
-        """``(alpha / r) · A x`` for all slices at once, ``(..., n_slices · r)``: one matmul, scaled at rank r."""
-        return F.linear(self.lora_dropout(x), self.lora_A.flatten(0, 1)) * self.scaling
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        """``(alpha / r) B_i A_i dropout(x)`` for every slice i, ``(..., n_slices, width)``."""
+        x = self.lora_dropout(x)
+        per_slice = [F.linear(F.linear(x, a), b) for a, b in zip(self.lora_A, self.lora_B, strict=True)]
+        return self.scaling * torch.stack(per_slice, dim=-2)
 
-    def slice_updates(self, x: torch.Tensor) -> tuple[torch.Tensor]:
-        h = self.down(x)  # (..., n · r)
-        lead = h.shape[:-1]
-        per_slice = h.reshape(-1, len(self.slices), self.r).transpose(0, 1)  # (n, tokens, r)
-        update = torch.bmm(per_slice, self.lora_B.transpose(1, 2).to(per_slice.dtype))  # (n, tokens, width)
-        return (update.transpose(0, 1).unflatten(0, lead),)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base_layer(x) + spread_slices(self.update(x), self.slices, self.out_features)
 
     def delta_weight(self) -> torch.Tensor:
-        return torch.matmul(self.lora_B, self.lora_A) * self.scaling
+        return self.scaling * (self.lora_B @ self.lora_A)
 
 
 def low_rank_targets(model: nn.Module, config: LoraConfig) -> list[Target]:

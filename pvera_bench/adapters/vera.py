@@ -15,13 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from pvera_bench.adapters.base import (
-    SlicedUpdate,
+    SlicedLinear,
     TargetedConfig,
     find_targets,
     kaiming_uniform,
     register_adapter,
-    scale_gradient,
-    slice_view,
+    spread_slices,
 )
 
 
@@ -53,45 +52,31 @@ class SharedProjections(nn.Module):
         self.register_buffer("B", kaiming_uniform((out_features, r), generator), persistent=False)
 
 
-class AddScaledProjection(torch.autograd.Function):
-    """``out[..., slice_i] += b[i] ⊙ (B z[..., i, :])`` for every slice, in place, in one op.
+class ProjectionLinear(SlicedLinear):
+    """A frozen Linear with the shared random pair, sliced to its size: ``A`` ``(rows, in)``, ``B`` ``(width, r)``."""
 
-    Like :class:`~pvera_bench.adapters.base.AddIntoSlices` with the update ``B z``, but the
-    backward pass folds ``b`` into the small ``B`` (``(n_slices, width, r)``) instead of
-    multiplying the token-sized gradient by it: one pass over ``(tokens, n_slices, width)``
-    fewer per layer. Under bf16 autocast the products run in the dtype autocast gives ``B z``.
-    """
+    latent_factor = 1  # rows of A per rank unit
 
-    @staticmethod
-    def forward(ctx, out, slices, latent, projection, scale):
-        update = F.linear(latent, projection)  # (tokens, n_slices, width)
-        slice_view(out, slices).addcmul_(update, scale.to(update.dtype))
-        ctx.mark_dirty(out)
-        ctx.slices = slices
-        ctx.latent_dtype = latent.dtype
-        ctx.save_for_backward(update, projection, scale)
-        return out
+    def __init__(self, base_layer: nn.Linear, slices: tuple[tuple[int, int], ...], projections: SharedProjections):
+        super().__init__(base_layer, slices)
+        self.projections = projections
 
-    @staticmethod
-    def backward(ctx, grad):
-        update, projection, scale = ctx.saved_tensors
-        grad_view = slice_view(grad, ctx.slices)
-        grad_latent = grad_scale = None
-        if ctx.needs_input_grad[2]:
-            scaled = (scale.unsqueeze(-1) * projection).to(update.dtype)  # (n_slices, width, r)
-            per_slice = torch.bmm(grad_view.transpose(0, 1), scaled)  # (n_slices, tokens, r)
-            grad_latent = per_slice.transpose(0, 1).to(ctx.latent_dtype)
-        if ctx.needs_input_grad[4]:
-            grad_scale = scale_gradient(grad_view, update, scale)
-        return grad, None, grad_latent, None, grad_scale
+    @property
+    def A(self) -> torch.Tensor:
+        return self.projections.A[:, : self.in_features]
+
+    @property
+    def B(self) -> torch.Tensor:
+        return self.projections.B[: self.slice_width]
 
 
-class VeraLinear(SlicedUpdate):
+def scaled_projection_weight(b: torch.Tensor, d: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """``Λ_b B Λ_d A`` per slice, ``(n_slices, width, in)``, from ``b`` (``(n_slices, width)``) and ``d``."""
+    return b.unsqueeze(-1) * (B @ (d.unsqueeze(-1) * A))
+
+
+class VeraLinear(ProjectionLinear):
     """A frozen Linear plus ``b ⊙ B (d ⊙ A x)`` per output slice, A and B shared."""
-
-    prefix = "vera_"
-    latent_factor = 1  # rows of A (and entries of d) per rank unit
-    add_into_slices = AddScaledProjection
 
     def __init__(
         self,
@@ -101,44 +86,20 @@ class VeraLinear(SlicedUpdate):
         r: int,
         d_initial: float,
     ) -> None:
-        super().__init__(base_layer, slices)
-        n = len(slices)
-        self.r = r
-        setattr(self, f"{self.prefix}projections", projections)
-        self.register_parameter(
-            f"{self.prefix}lambda_d", nn.Parameter(torch.full((n, self.latent_factor * r), d_initial))
-        )
-        self.register_parameter(f"{self.prefix}lambda_b", nn.Parameter(torch.zeros(n, self.slice_width)))
+        super().__init__(base_layer, slices, projections)
+        self.vera_lambda_d = nn.Parameter(torch.full((len(slices), r), d_initial))
+        self.vera_lambda_b = nn.Parameter(torch.zeros(len(slices), self.slice_width))
 
-    @property
-    def lambda_d(self) -> nn.Parameter:
-        return getattr(self, f"{self.prefix}lambda_d")
-
-    @property
-    def lambda_b(self) -> nn.Parameter:
-        return getattr(self, f"{self.prefix}lambda_b")
-
-    def projection_a(self) -> torch.Tensor:
-        return getattr(self, f"{self.prefix}projections").A[:, : self.in_features]
-
-    def projection_b(self) -> torch.Tensor:
-        return getattr(self, f"{self.prefix}projections").B[: self.slice_width]
-
-    def slice_updates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        h = F.linear(x, self.projection_a())  # A x once, shared by every slice
-        return self.up(h.unsqueeze(-2) * self.lambda_d)
-
-    def up(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """What :class:`AddScaledProjection` adds ``b ⊙ B z`` from: the latents ``(tokens, n_slices, r)``, B, b."""
-        return latent, self.projection_b(), self.lambda_b
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d, b = self.vera_lambda_d, self.vera_lambda_b  # (n_slices, r), (n_slices, width)
+        update = b * F.linear(d * F.linear(x, self.A).unsqueeze(-2), self.B)  # (..., n_slices, width)
+        return self.base_layer(x) + spread_slices(update, self.slices, self.out_features)
 
     def delta_weight(self) -> torch.Tensor:
-        return self.lambda_b.unsqueeze(-1) * torch.matmul(
-            self.projection_b(), self.lambda_d.unsqueeze(-1) * self.projection_a()
-        )
+        return scaled_projection_weight(self.vera_lambda_b, self.vera_lambda_d, self.A, self.B)
 
 
-def inject_projection_adapter(model: nn.Module, config: VeraConfig, layer_cls: type[VeraLinear]) -> None:
+def inject_projection_adapter(model: nn.Module, config: VeraConfig, layer_cls: type[ProjectionLinear]) -> None:
     """Wrap every target with ``layer_cls``, all sharing one pair of random matrices."""
     targets = find_targets(model, config)
     projections = SharedProjections(
@@ -156,4 +117,4 @@ def inject(model: nn.Module, config: VeraConfig) -> None:
     inject_projection_adapter(model, config, VeraLinear)
 
 
-register_adapter("vera", VeraConfig, inject, prefix=VeraLinear.prefix, mergeable=True)
+register_adapter("vera", VeraConfig, inject, prefix="vera_", mergeable=True)

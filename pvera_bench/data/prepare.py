@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -246,7 +246,7 @@ class TaskWriter:
             "extract": self.source.extract,
             "image_format": "png",
             "splits": splits,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         write_json(self.task_dir / MANIFEST, manifest)
         (self.task_dir / STATE).unlink(missing_ok=True)

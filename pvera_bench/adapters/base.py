@@ -165,7 +165,7 @@ class SlicedLinear(nn.Module):
     """Base of layers that add a separate update to some output slices of a frozen Linear (q and v of a qkv).
 
     Subclasses compute the updates as ``(..., n_slices, slice_width)`` and add them to the base output
-    with :func:`spread_slices`; ``delta_weight()`` is the equivalent weight update, ``(n_slices, slice_width, in)``.
+    with :meth:`add_to_slices`; ``delta_weight()`` is the equivalent weight update, ``(n_slices, slice_width, in)``.
     """
 
     def __init__(self, base_layer: nn.Linear, slices: tuple[tuple[int, int], ...]) -> None:
@@ -178,6 +178,10 @@ class SlicedLinear(nn.Module):
         self.slice_width = widths.pop()
         self.in_features = base_layer.in_features
         self.out_features = base_layer.out_features
+
+    def add_to_slices(self, out: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
+        """``out`` plus ``updates[..., i, :]`` on output slice i, in ``out``'s dtype (autocast's, if on)."""
+        return out + spread_slices(updates, self.slices, self.out_features).to(out.dtype)
 
     def delta_weight(self) -> torch.Tensor:
         raise NotImplementedError

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pvera_bench.adapters.base import register_adapter, spread_slices, take_slices
+from pvera_bench.adapters.base import register_adapter, take_slices
 from pvera_bench.adapters.lora import LoraConfig, LoraLinear, low_rank_targets
 
 
@@ -46,8 +46,8 @@ class DoraLinear(LoraLinear):
         wx = F.linear(x, self.base_layer.weight)  # W x; the bias is added after the rescaling
         wx_slices = take_slices(wx, self.slices)
         adapted = self.magnitude_scale() * (wx_slices + self.update(x))  # m (W + ΔW) x / ||W + ΔW||, per slice
-        out = wx + spread_slices(adapted - wx_slices, self.slices, self.out_features)
-        return out if self.base_layer.bias is None else out + self.base_layer.bias
+        out = self.add_to_slices(wx, adapted - wx_slices)
+        return out if self.base_layer.bias is None else out + self.base_layer.bias.to(out.dtype)
 
     def delta_weight(self) -> torch.Tensor:
         weights = self.base_weights()

@@ -51,7 +51,8 @@ class Ia3Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.feedforward:
             return self.base_layer(self.ia3_l * x)  # W (l ⊙ x) + b
-        return self.full_scale() * self.base_layer(x)  # l ⊙ (W x + b)
+        out = self.base_layer(x)
+        return self.full_scale().to(out.dtype) * out  # l ⊙ (W x + b), in the base layer's dtype
 
     def merged_layer(self) -> nn.Linear:
         layer = self.base_layer

@@ -15,7 +15,6 @@ from pvera_bench.adapters.base import (
     TargetedConfig,
     find_targets,
     register_adapter,
-    spread_slices,
 )
 
 
@@ -63,7 +62,7 @@ class LoraLinear(SlicedLinear):
         return self.scaling * torch.stack(per_slice, dim=-2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base_layer(x) + spread_slices(self.update(x), self.slices, self.out_features)
+        return self.add_to_slices(self.base_layer(x), self.update(x))
 
     def delta_weight(self) -> torch.Tensor:
         return self.scaling * (self.lora_B @ self.lora_A)

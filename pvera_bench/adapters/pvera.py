@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pvera_bench.adapters.base import SAMPLE_MODES, StochasticLayer, register_adapter, spread_slices
+from pvera_bench.adapters.base import SAMPLE_MODES, StochasticLayer, register_adapter
 from pvera_bench.adapters.vera import (
     ProjectionLinear,
     SharedProjections,
@@ -57,7 +57,7 @@ class PveraLinear(ProjectionLinear, StochasticLayer):
         mu, logvar = (d * F.linear(x, self.A).unsqueeze(-2)).chunk(2, dim=-1)  # (..., n_slices, r) each
         self.posterior = (mu, logvar) if self.training else None
         update = b * F.linear(self.latent(mu, logvar), self.B)  # (..., n_slices, width)
-        return self.base_layer(x) + spread_slices(update, self.slices, self.out_features)
+        return self.add_to_slices(self.base_layer(x), update)
 
     def latent(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         """``z``: a fresh draw in training; at test time the one ``sample_mode`` names."""

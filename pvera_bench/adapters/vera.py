@@ -20,7 +20,6 @@ from pvera_bench.adapters.base import (
     find_targets,
     kaiming_uniform,
     register_adapter,
-    spread_slices,
 )
 
 
@@ -93,7 +92,7 @@ class VeraLinear(ProjectionLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d, b = self.vera_lambda_d, self.vera_lambda_b  # (n_slices, r), (n_slices, width)
         update = b * F.linear(d * F.linear(x, self.A).unsqueeze(-2), self.B)  # (..., n_slices, width)
-        return self.base_layer(x) + spread_slices(update, self.slices, self.out_features)
+        return self.add_to_slices(self.base_layer(x), update)
 
     def delta_weight(self) -> torch.Tensor:
         return scaled_projection_weight(self.vera_lambda_b, self.vera_lambda_d, self.A, self.B)

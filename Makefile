@@ -43,7 +43,7 @@ lint: install-dev  ## ruff lint and format check
 table: install  ## results/runs/**.json -> tables
 	$(PY) -m pvera_bench.table
 
-bench: install-dev  ## adapter cost benchmark on ViT-B/16 (CPU: about 40 min) -> results/bench/
+bench: install-dev  ## adapter cost benchmark on ViT-B/16 (CPU, 2 cores: about 1 h) -> results/bench/
 	$(PY) scripts/bench.py
 
 clean:  ## remove the environment and generated outputs (never data/ or results/)

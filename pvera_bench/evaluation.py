@@ -29,19 +29,21 @@ def predict(
     probs, stds = [], []
     bar = tqdm(total=len(data), desc="eval", disable=not runtime.progress or len(data) < 5000, leave=False)
     latent = "random" if sampling.mode == "mc" else sampling.mode
-    for images, _ in batches(data, batch_size, runtime.device):
-        inputs = runtime.normalize(images)
-        samples = []
-        for _ in range(passes):
-            with autocast(runtime.device, runtime.bf16), sample_latents(model, latent):
-                samples.append(model(inputs).float().softmax(dim=-1))
-        stacked = torch.stack(samples)
-        mean = stacked.mean(dim=0)
-        probs.append(mean.cpu())
-        if passes > 1:
-            predicted = mean.argmax(dim=-1)
-            stds.append(stacked.gather(2, predicted.expand(passes, -1).unsqueeze(-1)).squeeze(-1).std(dim=0).cpu())
-        bar.update(len(images))
+    with sample_latents(model, latent):
+        for images, _ in batches(data, batch_size, runtime.device):
+            inputs = runtime.normalize(images)
+            samples = []
+            for _ in range(passes):
+                with autocast(runtime.device, runtime.bf16):
+                    samples.append(model(inputs).float().softmax(dim=-1))
+            stacked = torch.stack(samples)
+            mean = stacked.mean(dim=0)
+            probs.append(mean.cpu())
+            if passes > 1:
+                predicted = mean.argmax(dim=-1)
+                per_pass = stacked.gather(2, predicted.expand(passes, -1).unsqueeze(-1)).squeeze(-1)
+                stds.append(per_pass.std(dim=0).cpu())
+            bar.update(len(images))
     bar.close()
     return torch.cat(probs), (torch.cat(stds) if stds else None)
 

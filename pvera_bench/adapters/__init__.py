@@ -95,7 +95,7 @@ def merge_adapter(model: nn.Module) -> nn.Module:
     config = getattr(model, "adapter_config", None)
     if config is None:
         raise ValueError("model has no adapter: call apply_adapter first")
-    if not ADAPTERS[config.name].mergeable:
+    if not is_mergeable(model):
         raise ValueError(f"adapter {config.name!r} has no weight update to fold into the backbone and cannot be merged")
     wrapped = [(name, m) for name, m in model.named_modules() if hasattr(m, "base_layer")]
     for name, module in wrapped:

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev demo demo-sampling test lint table bench clean
+.PHONY: help install install-dev demo demo-sampling test lint table reproduce bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -28,8 +28,8 @@ demo: install  ## offline demo: linear, lora, vera, pvera on mnist5k with a tiny
 	$(PY) -m pvera_bench --multirun experiment=demo adapter=linear,lora,vera,pvera trainer.progress=false
 	$(PY) -m pvera_bench.table --print --backbone tiny --dataset mnist5k
 
-demo-sampling: install  ## PVeRA on mnist5k with each test-time sampling mode (mean, fixed, random, mc)
-	$(PY) -m pvera_bench --multirun experiment=demo adapter=pvera sampling=mean,fixed,random,mc sampling.n=10 \
+demo-sampling: install  ## PVeRA on mnist5k with each test-time sampling mode (mean, fixed, random, mc, mc_layer)
+	$(PY) -m pvera_bench --multirun experiment=demo adapter=pvera sampling=mean,fixed,random,mc,mc_layer sampling.n=10 \
 		trainer.progress=false
 	$(PY) -m pvera_bench.table --print --backbone tiny --dataset mnist5k
 
@@ -42,6 +42,9 @@ lint: install-dev  ## ruff lint and format check
 
 table: install  ## results/runs/**.json -> tables
 	$(PY) -m pvera_bench.table
+
+reproduce: install  ## print the sweep that reproduces the PVeRA paper's table, with its projected GPU-hours
+	$(PY) scripts/reproduce.py
 
 bench: install-dev  ## adapter cost benchmark on ViT-B/16 (CPU, 2 cores: about 1 h) -> results/bench/
 	$(PY) scripts/bench.py

@@ -6,6 +6,8 @@ import logging
 from pathlib import Path
 
 import timm
+import torch
+import torch.nn.functional as F
 from timm.data import resolve_model_data_config
 from torch import nn
 
@@ -14,17 +16,21 @@ from pvera_bench.errors import UserError
 
 log = logging.getLogger(__name__)
 
+HUB_POS_EMBED_OFFSET = 0.1  # DINOv2's torch.hub model: interpolate_offset
 
-def create_backbone(config: BackboneConfig, num_classes: int) -> nn.Module:
+
+def create_backbone(config: BackboneConfig, num_classes: int, hub_pos_embed: bool = False) -> nn.Module:
     """Create ``config.name`` with a fresh ``num_classes`` head.
 
     Weights come from ``config.weights`` when given (any format timm reads: .safetensors,
     .pth, .npz), passed through timm's ``pretrained_cfg_overlay`` so that timm's own
     filtering (position-embedding resampling, head removal) applies; otherwise from the
-    Hugging Face hub when ``config.pretrained``.
+    Hugging Face hub when ``config.pretrained``. With ``hub_pos_embed`` the position embeddings
+    are resized to ``config.img_size`` as DINOv2's torch.hub model resizes them (see
+    :func:`resize_pos_embed_as_hub`) instead of timm's way.
     """
     kwargs = dict(config.model_kwargs)
-    if config.img_size is not None:
+    if config.img_size is not None and not hub_pos_embed:
         kwargs["img_size"] = config.img_size
     overlay = None
     if config.weights:
@@ -59,7 +65,30 @@ def create_backbone(config: BackboneConfig, num_classes: int) -> nn.Module:
         ) from error
     if not pretrained:
         log.warning("backbone %s is randomly initialised (backbone.pretrained=false)", config.name)
+    if hub_pos_embed and config.img_size is not None and model.patch_embed.img_size != (config.img_size,) * 2:
+        native = model.pos_embed.detach().clone()
+        model.set_input_size(img_size=(config.img_size, config.img_size))
+        with torch.no_grad():
+            model.pos_embed.copy_(resize_pos_embed_as_hub(native, model.patch_embed.grid_size, model.num_prefix_tokens))
     return model
+
+
+def resize_pos_embed_as_hub(pos_embed: torch.Tensor, grid: tuple[int, int], prefix_tokens: int) -> torch.Tensor:
+    """Position embeddings for a ``grid`` of patches as DINOv2's torch.hub model computes them at every forward.
+
+    Bicubic, no antialias, with ``scale_factor = (grid + 0.1) / old_grid`` rather than the target size, so the
+    sampling positions are shifted (facebookresearch/dinov2 ``interpolate_pos_encoding``; reference/pvera.md §8).
+    The backbone is frozen, so resizing once equals resizing at every forward. (The hub model leaves the
+    embeddings as they are at their native grid; :func:`create_backbone` does not call this there.)
+    """
+    prefix, patches = pos_embed[:, :prefix_tokens], pos_embed[:, prefix_tokens:]
+    old = int(round(patches.shape[1] ** 0.5))
+    square = patches.reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
+    scale = tuple((size + HUB_POS_EMBED_OFFSET) / old for size in grid)
+    resized = F.interpolate(square, scale_factor=scale, mode="bicubic", antialias=False)
+    if tuple(resized.shape[-2:]) != tuple(grid):
+        raise ValueError(f"hub position-embedding resize gave a {tuple(resized.shape[-2:])} grid, expected {grid}")
+    return torch.cat([prefix, resized.permute(0, 2, 3, 1).flatten(1, 2).to(pos_embed.dtype)], dim=1)
 
 
 def input_spec(model: nn.Module) -> dict:

@@ -31,12 +31,14 @@ LOGGER_MODULE = "pvera_bench.loggers."
 
 
 class SamplingMode(StrEnum):
-    """PVeRA's test-time latent: mu, one draw, mu + sigma, or the mean prediction of n draws."""
+    """PVeRA's test-time latent: mu, one draw, mu + sigma, the mean prediction of n passes (``mc``), or one
+    pass whose layers each average n latent draws (``mc_layer``, the official code's N-sample mode)."""
 
     mean = "mean"
     random = "random"
     fixed = "fixed"
     mc = "mc"
+    mc_layer = "mc_layer"
 
 
 class Scheduler(StrEnum):
@@ -130,7 +132,7 @@ class SamplingConfig:
     """PVeRA's test-time sampling mode; ignored by deterministic adapters."""
 
     mode: SamplingMode = MISSING  # each option of the sampling group names its mode
-    n: int = 1  # number of stochastic forward passes for mode=mc
+    n: int = 1  # stochastic forward passes (mode=mc), or latent draws averaged in each layer (mode=mc_layer)
 
     def __post_init__(self) -> None:
         self.mode = SamplingMode(self.mode)
@@ -163,6 +165,29 @@ class ProtocolConfig:
             0 <= self.min_rel_improvement < 1,
             f"protocol.min_rel_improvement={self.min_rel_improvement} must be in [0, 1)",
         )
+
+
+@dataclass
+class QuirksConfig:
+    """The official PVeRA code's departures from its papers and from common practice (reference/pvera.md §5.1,
+    §8), each off unless asked for; ``experiment=pvera_paper`` turns them all on. Every result lists those on."""
+
+    double_softmax: bool = False  # E1: softmax before cross-entropy, in training and in the val loss that selects
+    no_shuffle: bool = False  # E7: the train split in the same order every epoch
+    joint_early_stopping: bool = False  # grid points train in lockstep until all are stale; one global best epoch
+    lora_same_a_every_block: bool = False  # E9: every block's LoRA starts from the same A
+    dora_frozen_magnitude: bool = False  # E2a: DoRA's magnitudes do not train
+    dora_unscaled: bool = False  # E2b: DoRA's update is not scaled by alpha / r
+    hub_pos_embed: bool = False  # torch.hub DINOv2: position embeddings resized bicubic, no antialias, +0.1 offset
+    bilinear_resize: bool = False  # images resized bilinearly (torchvision's Resize) whatever the backbone's default
+
+
+# quirk -> (adapter, config field it sets): the official code's adapter bugs, applied where the adapter has them
+ADAPTER_QUIRKS = {
+    "lora_same_a_every_block": ("lora", "same_a_every_block"),
+    "dora_frozen_magnitude": ("dora", "frozen_magnitude"),
+    "dora_unscaled": ("dora", "unscaled"),
+}
 
 
 @dataclass
@@ -226,6 +251,7 @@ class RunConfig:
     trainer: TrainerConfig = MISSING
     grid: dict[str, Any] = field(default_factory=dict)  # adapter name -> {config key: [values]}
     logger: Any = None  # _target_ of a pvera_bench.loggers class and its arguments
+    quirks: QuirksConfig = field(default_factory=QuirksConfig)
     data: DataConfig = field(default_factory=DataConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 0
@@ -244,6 +270,12 @@ class RunConfig:
         require(
             self.protocol.val_split is not None or len(points) == 1,
             "a grid needs protocol.val_split to choose a point (or use grid=none)",
+        )
+        require(
+            not self.quirks.joint_early_stopping
+            or (self.protocol.early_stopping and self.protocol.select_metric == SelectMetric.nll),
+            "quirks.joint_early_stopping needs protocol.early_stopping=true and protocol.select_metric=nll "
+            "(the official code's selection); use protocol=pvera",
         )
 
     def check_grid_point(self, point: Mapping[str, Any]) -> None:

@@ -2,7 +2,8 @@
 
 Data arrive as uint8 tensors (see :mod:`pvera_bench.data`); batches are moved to the
 device and normalised there. Training minimises cross-entropy plus, for stochastic
-adapters, ``adapter_loss / beta`` (PVeRA's KL). Evaluation is :mod:`pvera_bench.evaluation`.
+adapters, ``adapter_loss / beta`` (PVeRA's KL). Validation always uses the mean latent of a
+stochastic adapter. Evaluation is :mod:`pvera_bench.evaluation`.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from torch import nn
 from tqdm import tqdm
 
 from pvera_bench.adapters import adapter_loss
-from pvera_bench.config import ProtocolConfig, SamplingConfig, TrainerConfig
+from pvera_bench.config import ProtocolConfig, SamplingConfig, SamplingMode, TrainerConfig
 from pvera_bench.data import SplitData
 from pvera_bench.evaluation import evaluate
 from pvera_bench.runtime import Runtime, autocast, batches, restore_rng, rng_state
 
 log = logging.getLogger(__name__)
+
+VALIDATION_SAMPLING = SamplingConfig(SamplingMode.mean)  # stochastic adapters validate with the mean latent
 
 
 class Preempted(Exception):
@@ -64,6 +67,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, trainer: TrainerConfig, st
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def training_loss(logits: torch.Tensor, labels: torch.Tensor, double_softmax: bool) -> torch.Tensor:
+    """Cross-entropy of the logits; with the double-softmax quirk, of their softmax (the official code's E1)."""
+    return F.cross_entropy(logits.softmax(dim=-1) if double_softmax else logits, labels)
+
+
 def train_one_epoch(
     model: nn.Module,
     data: SplitData,
@@ -71,11 +79,12 @@ def train_one_epoch(
     scheduler,
     runtime: Runtime,
     batch_size: int,
-    generator: torch.Generator,
+    generator: torch.Generator | None,
     regularization_weight: float,
+    double_softmax: bool = False,
     should_stop: Callable[[], bool] = never,
 ) -> float:
-    """One pass over ``data``; returns the mean training loss.
+    """One pass over ``data`` (shuffled by ``generator``, in file order when None); returns the mean training loss.
 
     The loss stays on the device until the end of the epoch (no host synchronisation per step);
     a non-finite epoch loss raises ``FloatingPointError``; ``should_stop()`` is asked before every
@@ -88,7 +97,7 @@ def train_one_epoch(
             raise Preempted
         with autocast(runtime.device, runtime.bf16):
             logits = model(runtime.normalize(images))
-        loss = F.cross_entropy(logits.float(), labels)
+        loss = training_loss(logits.float(), labels, double_softmax)
         regularization = adapter_loss(model)
         if regularization is not None:
             loss = loss + regularization_weight * regularization.float()
@@ -131,99 +140,153 @@ class LoopState:
     history: list = field(default_factory=list)
 
 
-def fit(
-    model: nn.Module,
-    train: SplitData,
-    val: SplitData | None,
-    runtime: Runtime,
-    trainer: TrainerConfig,
-    protocol: ProtocolConfig,
-    sampling: SamplingConfig,
-    adapter_lr: float | None,
-    regularization_weight: float,
-    seed: int,
-    resume: dict[str, Any] | None = None,
-    on_epoch_end: Callable[[dict, Callable[[], dict[str, Any]]], None] | None = None,
-    should_stop: Callable[[], bool] = never,
-) -> FitResult:
-    """Train for ``trainer.epochs``, validating every epoch when a val split is given.
-
-    With ``protocol.early_stopping`` the run stops after ``protocol.patience`` epochs without
-    a relative val-loss decrease of ``protocol.min_rel_improvement`` and the weights of the
-    best epoch are restored; otherwise the last epoch's weights are kept.
+@dataclass(frozen=True)
+class Objective:
+    """What a fit minimises and how it sees the data, besides the trainer's settings.
 
     Args:
-        resume: a state returned by the ``state`` callable of an earlier call: training goes on
-            from there exactly as if it had not stopped (same data order, same random draws).
-        on_epoch_end: called after every epoch with the epoch's record and a callable that
-            returns the full resumable state (tensors and plain values, for checkpoints).
-        should_stop: asked before every batch; when it returns True, ``Preempted`` is raised.
+        adapter_lr: learning rate of the adapter's parameters (None: ``trainer.lr``).
+        regularization_weight: factor on the adapter's own loss (PVeRA's KL): ``1 / dataset.beta``.
+        double_softmax: cross-entropy of the softmax, in training and in the val loss (quirk E1).
+        shuffle: reshuffle the train split every epoch (False: file order, quirk E7).
     """
-    optimizer = build_optimizer(model, trainer, adapter_lr)
-    steps = math.ceil(len(train) / trainer.batch_size)
-    scheduler = build_scheduler(optimizer, trainer, steps)
-    generator = torch.Generator().manual_seed(seed)
-    loop = LoopState()
-    if resume is not None:
-        model.load_state_dict(resume["model"], strict=False)
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        restore_rng(resume["rng"], generator)
-        loop = LoopState(**resume["loop"])
-        log.info("resuming after epoch %d", loop.epoch)
 
-    def state() -> dict[str, Any]:
-        return {
-            "model": trainable_state(model),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": rng_state(generator),
-            "loop": asdict(loop),
-        }
+    adapter_lr: float | None = None
+    regularization_weight: float = 0.0
+    double_softmax: bool = False
+    shuffle: bool = True
 
-    bar = tqdm(total=trainer.epochs, initial=loop.epoch, desc="train", disable=not runtime.progress, leave=False)
-    while loop.epoch < trainer.epochs and not (
-        protocol.early_stopping and val is not None and loop.stale >= protocol.patience
-    ):
+
+class EpochLoop:
+    """One model's training, an epoch at a time: optimizer, schedule, random streams and early-stopping state.
+
+    Each epoch trains on ``train`` and, when ``val`` is given, evaluates on it with the mean latent (the
+    test-time ``sampling`` never chooses anything); an epoch whose val loss is lower than the best by more
+    than ``protocol.min_rel_improvement`` (relative) becomes the best and resets ``stale``. The loop keeps
+    its own random streams (torch, numpy, Python, shuffle) and restores them around every epoch, so loops
+    run in lockstep compute what each would compute alone.
+
+    Args:
+        resume: a ``state()`` of an earlier loop: training goes on from there exactly as if it had not stopped.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train: SplitData,
+        val: SplitData | None,
+        runtime: Runtime,
+        trainer: TrainerConfig,
+        protocol: ProtocolConfig,
+        objective: Objective,
+        seed: int,
+        resume: dict[str, Any] | None = None,
+    ) -> None:
+        self.model, self.train, self.val, self.runtime = model, train, val, runtime
+        self.trainer, self.protocol, self.objective = trainer, protocol, objective
+        self.optimizer = build_optimizer(model, trainer, objective.adapter_lr)
+        self.scheduler = build_scheduler(self.optimizer, trainer, math.ceil(len(train) / trainer.batch_size))
+        self.generator = torch.Generator().manual_seed(seed)
+        self.loop = LoopState()
+        if resume is not None:
+            model.load_state_dict(resume["model"], strict=False)
+            self.optimizer.load_state_dict(resume["optimizer"])
+            self.scheduler.load_state_dict(resume["scheduler"])
+            restore_rng(resume["rng"], self.generator)
+            self.loop = LoopState(**resume["loop"])
+            log.info("resuming after epoch %d", self.loop.epoch)
+        self.rng = rng_state(self.generator)
+
+    def stopped_early(self) -> bool:
+        """Whether the val loss has not improved for ``protocol.patience`` epochs."""
+        return self.val is not None and self.loop.stale >= self.protocol.patience
+
+    def done(self) -> bool:
+        return self.loop.epoch >= self.trainer.epochs or (self.protocol.early_stopping and self.stopped_early())
+
+    def run_epoch(self, should_stop: Callable[[], bool] = never) -> dict[str, float]:
+        """Train one epoch, validate, update the best epoch; returns the epoch's record."""
+        loop, runtime = self.loop, self.runtime
+        restore_rng(self.rng, self.generator)
         loop.epoch += 1
         start = time.perf_counter()
         loss = train_one_epoch(
-            model,
-            train,
-            optimizer,
-            scheduler,
+            self.model,
+            self.train,
+            self.optimizer,
+            self.scheduler,
             runtime,
-            trainer.batch_size,
-            generator,
-            regularization_weight,
+            self.trainer.batch_size,
+            self.generator if self.objective.shuffle else None,
+            self.objective.regularization_weight,
+            self.objective.double_softmax,
             should_stop,
         )
         if runtime.device.type == "cuda":
             torch.cuda.synchronize(runtime.device)
         loop.train_time += time.perf_counter() - start
         record = {"epoch": loop.epoch, "train_loss": loss}
-        if val is not None:
-            loop.last_val = evaluate(model, val, runtime, trainer.eval_batch_size, sampling)
+        if self.val is not None:
+            batch_size, double_softmax = self.trainer.eval_batch_size, self.objective.double_softmax
+            loop.last_val = evaluate(self.model, self.val, runtime, batch_size, VALIDATION_SAMPLING, double_softmax)
             record.update({f"val_{k}": v for k, v in loop.last_val.items()})
-            if loop.last_val["nll"] < loop.best_loss * (1 - protocol.min_rel_improvement):
-                loop.best_loss, loop.stale = loop.last_val["nll"], 0
-                if protocol.early_stopping:
-                    loop.best_weights, loop.best_epoch = trainable_state(model), loop.epoch
-                    loop.best_val = loop.last_val
+            if loop.last_val["loss"] < loop.best_loss * (1 - self.protocol.min_rel_improvement):
+                loop.best_loss, loop.stale = loop.last_val["loss"], 0
+                loop.best_weights, loop.best_epoch = trainable_state(self.model), loop.epoch
+                loop.best_val = loop.last_val
             else:
                 loop.stale += 1
         loop.history.append(record)
+        self.rng = rng_state(self.generator)
+        return record
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to resume after the last epoch: tensors and plain values."""
+        return {
+            "model": trainable_state(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": self.rng,
+            "loop": asdict(self.loop),
+        }
+
+    def images_per_s(self) -> float:
+        return self.loop.epoch * len(self.train) / max(self.loop.train_time, 1e-9)
+
+    def result(self) -> FitResult:
+        """How the fit went; with early stopping the best epoch's weights are loaded back into the model."""
+        loop = self.loop
+        result = FitResult(loop.epoch, loop.epoch, self.images_per_s(), loop.history, loop.last_val)
+        if self.protocol.early_stopping and loop.best_weights is not None:
+            self.model.load_state_dict(loop.best_weights, strict=False)
+            result.best_epoch, result.val = loop.best_epoch, loop.best_val
+        return result
+
+
+def fit(
+    loop: EpochLoop,
+    on_epoch_end: Callable[[dict, Callable[[], dict[str, Any]]], None] | None = None,
+    should_stop: Callable[[], bool] = never,
+) -> FitResult:
+    """Run ``loop`` until its epochs are spent or, with ``protocol.early_stopping``, its val loss stops improving.
+
+    Args:
+        on_epoch_end: called after every epoch with the epoch's record and ``loop.state`` (the resumable
+            state, built only when called: it copies the weights and the history).
+        should_stop: asked before every batch; when it returns True, ``Preempted`` is raised.
+    """
+    bar = progress_bar(loop.trainer.epochs, loop.loop.epoch, loop.runtime.progress)
+    while not loop.done():
+        record = loop.run_epoch(should_stop)
         bar.update(1)
-        bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("train_loss", "val_nll", "val_top1")})
+        bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("train_loss", "val_loss", "val_top1")})
         if on_epoch_end is not None:
-            on_epoch_end(record, state)
+            on_epoch_end(record, loop.state)
     bar.close()
-    if protocol.early_stopping and val is not None and loop.stale >= protocol.patience:
-        log.info("early stop at epoch %d: val loss has not improved for %d epochs", loop.epoch, loop.stale)
-    result = FitResult(loop.epoch, loop.epoch, loop.epoch * len(train) / max(loop.train_time, 1e-9), loop.history)
-    if loop.best_weights is not None:
-        model.load_state_dict(loop.best_weights, strict=False)
-        result.best_epoch, result.val = loop.best_epoch, loop.best_val
-    else:
-        result.val = loop.last_val
-    return result
+    if loop.protocol.early_stopping and loop.stopped_early():
+        log.info("early stop at epoch %d: val loss has not improved for %d epochs", loop.loop.epoch, loop.loop.stale)
+    return loop.result()
+
+
+def progress_bar(epochs: int, done: int, enabled: bool) -> tqdm:
+    return tqdm(total=epochs, initial=done, desc="train", disable=not enabled, leave=False)

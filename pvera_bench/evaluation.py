@@ -1,8 +1,10 @@
-"""The one evaluation path: class probabilities (MC-averaged for stochastic adapters), top-1, NLL and ECE."""
+"""The one evaluation path: class probabilities (MC-averaged for stochastic adapters), top-1, NLL, ECE and
+the training criterion's loss."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -22,14 +24,15 @@ def predict(
 
     In ``mc`` mode each batch goes through the model ``sampling.n`` times with a fresh latent
     draw per pass; the probabilities are averaged and the std (over passes) of the probability
-    of the predicted class is returned per image.
+    of the predicted class is returned per image. In ``mc_layer`` mode one pass is made and every
+    stochastic layer averages ``sampling.n`` latent draws.
     """
     model.eval()
     passes = sampling.n if sampling.mode == "mc" else 1
     probs, stds = [], []
     bar = tqdm(total=len(data), desc="eval", disable=not runtime.progress or len(data) < 5000, leave=False)
     latent = "random" if sampling.mode == "mc" else sampling.mode
-    with sample_latents(model, latent):
+    with sample_latents(model, latent, sampling.n):
         for images, _ in batches(data, batch_size, runtime.device):
             inputs = runtime.normalize(images)
             samples = []
@@ -63,12 +66,25 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, n_bins: in
     return {"top1": correct.mean().item(), "nll": nll.item(), "ece": ece.item()}
 
 
+def criterion_loss(probs: torch.Tensor, labels: torch.Tensor, double_softmax: bool) -> float:
+    """The training criterion on predicted probabilities: the NLL, or with the double-softmax quirk the
+    cross-entropy of the probabilities taken as logits (the official code's val loss)."""
+    scores = probs if double_softmax else probs.clamp_min(1e-12).log()
+    return F.cross_entropy(scores, labels.cpu()).item()
+
+
 def evaluate(
-    model: nn.Module, data: SplitData, runtime: Runtime, batch_size: int, sampling: SamplingConfig
+    model: nn.Module,
+    data: SplitData,
+    runtime: Runtime,
+    batch_size: int,
+    sampling: SamplingConfig,
+    double_softmax: bool = False,
 ) -> dict[str, float]:
-    """Top-1, NLL and ECE on a split, plus ``predictive_std`` in MC mode."""
+    """Top-1, NLL, ECE and the training criterion's ``loss`` on a split, plus ``predictive_std`` in MC mode."""
     probs, stds = predict(model, data, runtime, batch_size, sampling)
     metrics = classification_metrics(probs, data.labels)
+    metrics["loss"] = criterion_loss(probs, data.labels, double_softmax)
     if stds is not None:
         metrics["predictive_std"] = stds.mean().item()
     return metrics

@@ -8,13 +8,32 @@ from torch import nn
 
 from pvera_bench.adapters import adapter_parameters, apply_adapter, head_parameters
 from pvera_bench.backbone import create_backbone
+from pvera_bench.config import ADAPTER_QUIRKS
 from pvera_bench.runtime import seed_everything
+
+
+def quirks_in_force(cfg: DictConfig) -> list[str]:
+    """The enabled quirks that change this run: an adapter's own quirks count only for that adapter."""
+    return [
+        quirk
+        for quirk, on in cfg.quirks.items()
+        if on and (quirk not in ADAPTER_QUIRKS or ADAPTER_QUIRKS[quirk][0] == cfg.adapter.name)
+    ]
+
+
+def adapter_hparams_with_quirks(cfg: DictConfig) -> dict:
+    """The adapter's config values, with the fields that the enabled ``quirks`` of this adapter set."""
+    hparams = OmegaConf.to_container(cfg.adapter, resolve=True)
+    for quirk in quirks_in_force(cfg):
+        if quirk in ADAPTER_QUIRKS:
+            hparams[ADAPTER_QUIRKS[quirk][1]] = True
+    return hparams
 
 
 def build_model(cfg: DictConfig) -> nn.Module:
     """Backbone with a fresh head for the task, the adapter injected, everything else frozen."""
-    model = create_backbone(cfg.backbone, cfg.dataset.num_classes)
-    hparams = OmegaConf.to_container(cfg.adapter, resolve=True)
+    model = create_backbone(cfg.backbone, cfg.dataset.num_classes, hub_pos_embed=cfg.quirks.hub_pos_embed)
+    hparams = adapter_hparams_with_quirks(cfg)
     return apply_adapter(model, hparams.pop("name"), **hparams)
 
 

@@ -42,7 +42,8 @@ def result_path(results_dir: Path, config: dict[str, Any]) -> Path:
     name = "__".join(
         [
             config["adapter"]["name"],
-            config["sampling"]["mode"] + (str(config["sampling"]["n"]) if config["sampling"]["mode"] == "mc" else ""),
+            config["sampling"]["mode"]
+            + (str(config["sampling"]["n"]) if config["sampling"]["mode"] in ("mc", "mc_layer") else ""),
             config["protocol"]["name"],
             f"s{config['seed']}",
             config_digest(config),

@@ -33,7 +33,7 @@ from pvera_bench.evaluation import evaluate
 from pvera_bench.features import TaskInputs
 from pvera_bench.grid import grid_points, with_point
 from pvera_bench.loggers import NullLogger
-from pvera_bench.model import build_model, count_parameters
+from pvera_bench.model import build_model, count_parameters, quirks_in_force
 from pvera_bench.results import git_state, package_versions, read_result, result_path, write_json
 from pvera_bench.runtime import Normalizer, Runtime, resolve_device
 from pvera_bench.selection import StageFitter, needs_search, search_grid
@@ -129,7 +129,7 @@ def task_inputs(cfg: DictConfig) -> TaskInputs:
         task_dir,
         num_classes=cfg.dataset.num_classes,
         size=spec["size"],
-        interpolation=spec["interpolation"],
+        interpolation="bilinear" if cfg.quirks.bilinear_resize else spec["interpolation"],
         workers=cfg.data.decode_workers,
         progress=cfg.trainer.progress,
         cache=cfg.data.cache,
@@ -149,6 +149,8 @@ def run_identity(cfg: DictConfig, status: str) -> dict[str, Any]:
         "pretrained": bool(cfg.backbone.pretrained or cfg.backbone.weights),
         "sampling": cfg.sampling.mode,
         "protocol": cfg.protocol.name,
+        "convention": cfg.adapter.convention,
+        "quirks": quirks_in_force(cfg),
         "seed": cfg.seed,
     }
 
@@ -203,6 +205,7 @@ def outcome_fields(outcome: Outcome, inputs: TaskInputs) -> dict[str, Any]:
         "test_ece": test["ece"],
         "val_top1": chosen.val_top1 if chosen else None,
         "val_nll": chosen.val_nll if chosen else None,
+        "val_loss": chosen.val_loss if chosen else None,
         **({"test_predictive_std": test["predictive_std"]} if "predictive_std" in test else {}),
         **count_parameters(outcome.model),
         "features_cached": inputs.uses_features(outcome.model),

@@ -83,10 +83,12 @@ class GridRecord:
     """A finished grid point: its values, how it scored on val, and whether it is the one chosen so far."""
 
     point: dict[str, Any]
+    val_loss: float | None  # the training criterion on val: the NLL, or the double-softmax loss (quirk E1)
     val_nll: float | None
     val_top1: float | None
     best_epoch: int
     epochs_run: int
+    val_curve: list[float] = field(default_factory=list)  # the val loss of every epoch
     selected: bool = False
 
     def as_json(self) -> dict[str, Any]:
@@ -104,7 +106,7 @@ class RunState:
     grid: list[GridRecord] = field(default_factory=list)  # finished grid points, in grid order
     chosen_weights: dict[str, torch.Tensor] | None = None  # trainable weights of the selected point
     chosen_fit: FitResult | None = None  # how the selected point trained
-    stage: str | None = None  # the stage whose fit is under way: point<i> or retrain
+    stage: str | None = None  # the stage whose fit is under way: point<i>, grid (joint early stopping) or retrain
     fit: dict[str, Any] | None = None  # that fit's resumable state (``engine.fit``'s ``resume``)
 
     def selected_index(self) -> int:

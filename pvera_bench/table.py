@@ -17,12 +17,13 @@ import functools
 import hashlib
 import json
 import math
+from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
 
 from pvera_bench.cli import run_cli
-from pvera_bench.config import VTAB_GROUPS, DatasetConfig, TaskGroup
+from pvera_bench.config import ADAPTER_QUIRKS, VTAB_GROUPS, DatasetConfig, QuirksConfig, TaskGroup
 from pvera_bench.data.tasks import vtab_tasks
 from pvera_bench.errors import UserError
 from pvera_bench.plots import accuracy_vs_params
@@ -31,9 +32,13 @@ from pvera_bench.results import NON_IDENTITY_KEYS
 BACKBONE_NAMES = {"vit_b16_in21k": "ViT-B/16 IN21k", "dinov2_vitb14": "DINOv2 ViT-B/14"}
 PUBLISHED = Path(__file__).parent / "reference" / "published_vtab1k.csv"  # copied from the field survey, with sources
 RUN_COLUMNS = (  # what each result file contributes to the tables, and the columns of --print
-    "adapter dataset backbone sampling protocol seed status test_top1 val_top1 test_nll test_ece "
+    "adapter dataset backbone sampling protocol setup seed status test_top1 val_top1 test_nll test_ece "
     "adapter_params head_params epochs_run wall_s"
 ).split()
+# The quirks of experiment=pvera_paper that every adapter has: runs with all of them are the paper's computation.
+PAPER_QUIRKS = {f.name for f in fields(QuirksConfig) if f.name not in ADAPTER_QUIRKS}
+PAPER_SETUP = "official convention · official code's quirks (experiment=pvera_paper)"
+PAPER_PROTOCOL = "PVeRA code"  # published rows whose protocol starts so sit beside the paper-setup runs
 
 
 LONG_CSV_COLUMNS = ("backbone", "protocol", "method", "source", "seeds", "params_m", "task", "top1", "std")
@@ -65,6 +70,16 @@ def variant_of(record: dict) -> str:
     return hashlib.sha256(json.dumps(defining, sort_keys=True, default=str).encode()).hexdigest()[:6]
 
 
+def setup_of(record: dict) -> str:
+    """How a run computed, beyond its protocol: the adapter convention and the official code's quirks in force."""
+    convention, quirks = record.get("convention"), set(record.get("quirks") or [])
+    if convention is None:
+        return "convention not recorded"
+    if convention == "official" and quirks >= PAPER_QUIRKS:
+        return PAPER_SETUP
+    return f"{convention} convention" + (f" · quirks: {', '.join(sorted(quirks))}" if quirks else "")
+
+
 def load_results(runs_dir: Path) -> pd.DataFrame:
     """One row per result JSON below ``runs_dir`` (missing keys stay empty); UserError if there is none."""
     rows = []
@@ -77,7 +92,12 @@ def load_results(runs_dir: Path) -> pd.DataFrame:
             raise UserError(f"{path}: not a result file (a JSON object); delete or fix it")
         rows.append(
             {key: record.get(key) for key in RUN_COLUMNS}
-            | {"variant": variant_of(record), "error": record.get("error"), "path": str(path)}
+            | {
+                "setup": setup_of(record),
+                "variant": variant_of(record),
+                "error": record.get("error"),
+                "path": str(path),
+            }
         )
     if not rows:
         raise UserError(f"no result files under {runs_dir}; run some experiments first (see README)")
@@ -98,22 +118,22 @@ def summarise(per_task: dict[str, float]) -> dict[str, float]:
 
 
 def our_rows(frame: pd.DataFrame) -> list[dict]:
-    """One row per method (backbone, protocol, adapter, sampling, variant): per-task mean ± std in %."""
+    """One row per method (backbone, protocol, setup, adapter, sampling, variant): per-task mean ± std in %."""
     done = frame[(frame.status == "success") & frame.dataset.isin(folders())]
     rows = []
-    keys = ["backbone", "protocol", "adapter", "sampling", "variant"]
-    ambiguous = done.groupby(keys[:4]).variant.nunique()
+    keys = ["backbone", "protocol", "setup", "adapter", "sampling", "variant"]
+    ambiguous = done.groupby(keys[:5]).variant.nunique()
     for key, runs in done.groupby(keys, sort=True):
-        backbone, protocol, adapter, sampling, variant = key
+        backbone, protocol, setup, adapter, sampling, variant = key
         label = adapter + ("" if sampling == "mean" else f" ({sampling})")
-        if ambiguous[key[:4]] > 1:
+        if ambiguous[key[:5]] > 1:
             label += f" [{variant}]"
         stats = runs.groupby("dataset").test_top1.agg(["mean", "std", "count"])
         per_task = {d: 100 * stats.loc[d, "mean"] for d in stats.index}
         rows.append(
             {
                 "backbone": backbone,
-                "protocol": protocol,
+                "protocol": f"{protocol} · {setup}",
                 "method": label,
                 "source": "pvera_bench (this repo)",
                 "per_task": per_task,
@@ -128,22 +148,29 @@ def our_rows(frame: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def reference_rows(backbones: set[str]) -> list[dict]:
-    """Published rows for the backbones we have results for (per-task values, or a reported average)."""
+def reference_rows(ours: list[dict]) -> list[dict]:
+    """Published rows for the backbones we have results for (per-task values, or a reported average).
+
+    Rows of the PVeRA paper go into the table of our runs of its computation (experiment=pvera_paper) on the
+    same backbone, when there are such runs; other published rows get a table of their own.
+    """
+    backbones = {row["backbone"] for row in ours}
+    paper_sections = {row["backbone"]: row["protocol"] for row in ours if row["protocol"].endswith(PAPER_SETUP)}
     published = pd.read_csv(PUBLISHED)
     folder_of = {option: config.name for option, config in columns()}  # the CSV names tasks by dataset option
     rows = []
     for (method, backbone, source, protocol), values in published.groupby(["method", "backbone", "source", "protocol"]):
-        ours = [k for k, name in BACKBONE_NAMES.items() if name == backbone and k in backbones]
-        if not ours:
+        matching = [k for k, name in BACKBONE_NAMES.items() if name == backbone and k in backbones]
+        if not matching:
             continue
         per_task = {folder_of[t]: v for t, v in zip(values.task, values.top1, strict=True) if t in folder_of}
         reported = values[~values.task.isin(folder_of)].top1
+        beside_ours = protocol.startswith(PAPER_PROTOCOL) and matching[0] in paper_sections
         rows.append(
             {
-                "backbone": ours[0],
-                "protocol": f"published: {protocol}",
-                "method": method,
+                "backbone": matching[0],
+                "protocol": paper_sections[matching[0]] if beside_ours else f"published: {protocol}",
+                "method": f"{method} (published)" if beside_ours else method,
                 "source": source,
                 "per_task": per_task,
                 "std": {},
@@ -260,7 +287,7 @@ def write_tables(runs_dir: Path, out_dir: Path) -> list[Path]:
     """Write the four table files; returns their paths."""
     frame = load_results(runs_dir)
     rows = our_rows(frame)
-    rows = rows + reference_rows({row["backbone"] for row in rows})
+    rows = rows + reference_rows(rows)
     failed = frame[frame.status != "success"][
         ["adapter", "dataset", "backbone", "protocol", "seed", "status", "error", "path"]
     ]

@@ -40,16 +40,28 @@ from pvera_bench.adapters import ADAPTERS, adapter_loss, apply_adapter, merge_ad
 from pvera_bench.peft_compat import split_qkv
 from pvera_bench.results import git_state, package_versions
 
-PEFT_CONFIGS = {  # adapter -> (PEFT config class name, its kwargs, our hyperparameters on the same layers)
-    "lora": ("LoraConfig", {"r": 8, "lora_alpha": 8, "target_modules": ["qkv"]}, {"r": 8, "qkv_slices": None}),
+PEFT_CONFIGS = {  # adapter -> (PEFT config class name, its kwargs, our hyperparameters on the same layers and init)
+    "lora": (
+        "LoraConfig",
+        {"r": 8, "lora_alpha": 8, "target_modules": ["qkv"]},
+        {"r": 8, "qkv_slices": None, "convention": "peft"},
+    ),
     "dora": (
         "LoraConfig",
         {"r": 8, "lora_alpha": 8, "target_modules": ["qkv"], "use_dora": True},
-        {"r": 8, "qkv_slices": None},
+        {"r": 8, "qkv_slices": None, "convention": "peft"},
     ),
-    "vera": ("VeraConfig", {"r": 256, "target_modules": ["qkv"]}, {"r": 256, "qkv_slices": None}),
-    "pvera": ("PveraConfig", {"r": 256, "target_modules": ["qkv"]}, {"r": 256, "qkv_slices": None}),
-    "ia3": ("IA3Config", {"target_modules": ["qkv", "fc2"], "feedforward_modules": ["fc2"]}, {"qkv_slices": None}),
+    "vera": ("VeraConfig", {"r": 256, "target_modules": ["qkv"]}, {"r": 256, "qkv_slices": None, "convention": "peft"}),
+    "pvera": (
+        "PveraConfig",
+        {"r": 256, "target_modules": ["qkv"]},
+        {"r": 256, "qkv_slices": None, "convention": "peft"},
+    ),
+    "ia3": (
+        "IA3Config",
+        {"target_modules": ["qkv", "fc2"], "feedforward_modules": ["fc2"]},
+        {"qkv_slices": None},
+    ),  # no convention
 }
 
 

@@ -18,12 +18,13 @@ from pvera_bench.adapters import (
     merge_adapter,
     sample_latents,
 )
-from pvera_bench.adapters.base import spread_slices, take_slices
+from pvera_bench.adapters.base import Convention, spread_slices, take_slices
 from pvera_bench.adapters.vera import VeraConfig
 
 ALL = sorted(ADAPTERS)
-IDENTITY_AT_INIT = [n for n in ALL if ADAPTERS[n].identity_at_init]
-NOT_IDENTITY_AT_INIT = [n for n in ALL if not ADAPTERS[n].identity_at_init]
+CONVENTIONS = list(Convention)
+IDENTITY_AT_INIT = [(n, c) for n in ALL for c in CONVENTIONS if c in ADAPTERS[n].identity_at_init]
+NOT_IDENTITY_AT_INIT = [(n, c) for n in ALL for c in CONVENTIONS if c not in ADAPTERS[n].identity_at_init]
 MERGEABLE = [n for n in ALL if ADAPTERS[n].mergeable]
 NOT_MERGEABLE = [n for n in ALL if not ADAPTERS[n].mergeable]
 STOCHASTIC = [n for n in ALL if ADAPTERS[n].stochastic]
@@ -58,27 +59,37 @@ def test_output_shape_and_only_adapter_and_head_get_gradients(name, images):
     }
 
 
-@pytest.mark.parametrize("name", IDENTITY_AT_INIT)
-def test_adapted_model_equals_frozen_backbone_at_init(name, images):
+def test_identity_at_init_lists_are_the_documented_ones():
+    assert ADAPTERS["adaptformer"].identity_at_init == (Convention.peft,)
+    assert ADAPTERS["bottleneck"].identity_at_init == ()
+    assert ("lora", Convention.official) in IDENTITY_AT_INIT and ("vera", Convention.peft) in IDENTITY_AT_INIT
+
+
+@pytest.mark.parametrize("name, convention", IDENTITY_AT_INIT)
+def test_adapted_model_equals_frozen_backbone_at_init(name, convention, images):
     backbone = tiny_vit()
-    adapted = apply_adapter(copy.deepcopy(backbone), name).eval()
+    adapted = apply_adapter(copy.deepcopy(backbone), name, convention=convention).eval()
     with torch.no_grad():
         torch.testing.assert_close(adapted(images), backbone(images), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", NOT_IDENTITY_AT_INIT)
-def test_adapters_not_identity_at_init_start_near_the_backbone(name, images):
+@pytest.mark.parametrize("name, convention", NOT_IDENTITY_AT_INIT)
+def test_adapters_not_identity_at_init_change_the_output(name, convention, images):
+    """They do change the output at init; under ``peft`` (near-zero init) only a little."""
     backbone = tiny_vit()
-    adapted = apply_adapter(copy.deepcopy(backbone), name).eval()
+    adapted = apply_adapter(copy.deepcopy(backbone), name, convention=convention).eval()
     with torch.no_grad():
         change = (adapted(images) - backbone(images)).abs().max().item()
-    assert 0 < change < 0.1
+    assert change > 1e-4
+    if convention == Convention.peft:
+        assert change < 0.1
 
 
+@pytest.mark.parametrize("convention", CONVENTIONS)
 @pytest.mark.parametrize("slices", [None, "default"], ids=["whole-fused-qkv", "default-slices"])
 @pytest.mark.parametrize("name", MERGEABLE)
-def test_merged_equals_unmerged(name, slices, images):
-    model = apply_adapter(tiny_vit(), name, **({"qkv_slices": None} if slices is None else {}))
+def test_merged_equals_unmerged(name, slices, convention, images):
+    model = apply_adapter(tiny_vit(), name, convention=convention, **({"qkv_slices": None} if slices is None else {}))
     model.train()
     model(images).square().sum().backward()  # the training path runs too
     assert all(p.grad is not None for p in adapter_parameters(model).values())
@@ -111,11 +122,13 @@ def test_parameter_counts_follow_the_formulas():
     assert count("linear") == 0
     assert count("lora", r=r) == DEPTH * 2 * r * (DIM + DIM)
     assert count("dora", r=r) == DEPTH * 2 * (r * (DIM + DIM) + DIM)
+    assert count("dora", r=r, frozen_magnitude=True) == count("lora", r=r)  # the magnitude is a buffer
     assert count("vera", r=r) == DEPTH * 2 * (r + DIM)
     assert count("pvera", r=r) == DEPTH * 2 * (2 * r + DIM)
     assert count("vera", r=256) == DEPTH * 2 * (256 + DIM)  # rank may exceed the width, as in the paper
     assert count("ia3") == DEPTH * (DIM + DIM + MLP)
-    assert count("adaptformer", hidden_dim=hidden) == DEPTH * (2 * DIM * hidden + hidden + DIM)
+    assert count("adaptformer", hidden_dim=hidden) == DEPTH * (2 * DIM * hidden + hidden + DIM + 1)  # learnable s
+    assert count("adaptformer", hidden_dim=hidden, convention="peft") == DEPTH * (2 * DIM * hidden + hidden + DIM)
     assert count("bottleneck", hidden_dim=hidden) == DEPTH * 2 * (2 * DIM * hidden + hidden + DIM)
     assert count("lora", r=r, qkv_slices=None) == DEPTH * r * (DIM + 3 * DIM)  # the whole fused qkv as one layer
     assert count("lora", r=r, targets=["attn.proj", "mlp.fc1"]) == DEPTH * r * ((DIM + DIM) + (DIM + MLP))
@@ -168,61 +181,83 @@ def test_bf16_autocast_gradients_are_close_to_fp32(name, images):
         assert error < 0.03, (param_name, error.item())
 
 
-def test_vera_forward_is_its_equation():
-    model = apply_adapter(tiny_vit(), "vera", r=4)
+# per convention: the factor on the update, and whether slice i has its own random pair (else pair 0 serves all)
+ALPHA = {Convention.official: 16.0, Convention.peft: 1.0}
+PAIR_PER_SLICE = {Convention.official: True, Convention.peft: False}
+
+
+@pytest.mark.parametrize("convention", CONVENTIONS)
+def test_vera_forward_is_its_equation(convention):
+    model = apply_adapter(tiny_vit(), "vera", r=4, convention=convention)
     perturb(model)
     layer = model.blocks[0].attn.qkv
+    assert layer.alpha == ALPHA[convention]
+    assert layer.A.shape == (2 if PAIR_PER_SLICE[convention] else 1, 4, DIM)
     x = torch.randn(2, 5, DIM)
     expected = layer.base_layer(x)
     for i, (start, stop) in enumerate(layer.slices):
-        latent = layer.vera_lambda_d[i] * F.linear(x, layer.A)
-        expected[..., start:stop] += layer.vera_lambda_b[i] * F.linear(latent, layer.B)
+        pair = i if PAIR_PER_SLICE[convention] else 0
+        latent = layer.vera_lambda_d[i] * F.linear(x, layer.A[pair])
+        update = ALPHA[convention] * layer.vera_lambda_b[i] * F.linear(latent, layer.B[pair])
+        expected[..., start:stop] += update
     torch.testing.assert_close(layer(x), expected)
 
 
-def test_pvera_training_forward_is_the_reparametrised_update():
-    model = apply_adapter(tiny_vit(), "pvera", r=4).train()
+@pytest.mark.parametrize("convention", CONVENTIONS)
+def test_pvera_training_forward_is_the_reparametrised_update(convention):
+    model = apply_adapter(tiny_vit(), "pvera", r=4, convention=convention).train()
     perturb(model)
     layer = model.blocks[0].attn.qkv
     x = torch.randn(2, 5, DIM)
     torch.manual_seed(11)
     out = layer(x)
     torch.manual_seed(11)
-    h = F.linear(x, layer.A).unsqueeze(-2) * layer.pvera_lambda_d
+    pairs = [i if PAIR_PER_SLICE[convention] else 0 for i in range(len(layer.slices))]
+    h = torch.stack([F.linear(x, layer.A[p]) for p in pairs], dim=-2) * layer.pvera_lambda_d
     mu, logvar = h[..., :4], h[..., 4:]
     std = (0.5 * logvar).exp()
     z = mu + torch.randn_like(std) * std  # one draw per token, slice and latent unit, in that memory order
     expected = layer.base_layer(x)
     for i, (start, stop) in enumerate(layer.slices):
-        expected[..., start:stop] += layer.pvera_lambda_b[i] * F.linear(z[..., i, :], layer.B)
+        update = ALPHA[convention] * layer.pvera_lambda_b[i] * F.linear(z[..., i, :], layer.B[pairs[i]])
+        expected[..., start:stop] += update
     torch.testing.assert_close(out, expected)
 
 
+@pytest.mark.parametrize("convention", CONVENTIONS)
 @pytest.mark.parametrize("name", RANDOM_PROJECTIONS)
-def test_random_projections_are_shared_and_regenerated_from_the_seed(name):
-    model = apply_adapter(tiny_vit(), name, r=16, projection_seed=7)
+def test_random_projections_are_shared_and_regenerated_from_the_seed(name, convention):
+    r = 16
+    model = apply_adapter(tiny_vit(), name, r=r, projection_seed=7, convention=convention)
     layers = [m for m in model.modules() if hasattr(m, "projections")]
     assert len(layers) == DEPTH
     assert len({layer.A.data_ptr() for layer in layers}) == 1
-    again = apply_adapter(tiny_vit(), name, r=16, projection_seed=7)
-    other = apply_adapter(tiny_vit(), name, r=16, projection_seed=8)
-    a = layers[0].A
-    assert torch.equal(a, again.blocks[0].attn.qkv.A)
+    again = apply_adapter(tiny_vit(), name, r=r, projection_seed=7, convention=convention)
+    other = apply_adapter(tiny_vit(), name, r=r, projection_seed=8, convention=convention)
+    a, b = layers[0].A, layers[0].B
+    assert torch.equal(a, again.blocks[0].attn.qkv.A) and torch.equal(b, again.blocks[0].attn.qkv.B)
     assert not torch.equal(a, other.blocks[0].attn.qkv.A)
-    bound = (6.0 / DIM) ** 0.5  # Kaiming-uniform, fan_in = input width
-    assert a.abs().max() <= bound and a.abs().max() > 0.9 * bound
+    rows = a.shape[1]  # r, or 2r for PVeRA
+    # Kaiming-uniform, fan_in of the stored tensor: (rows, in) and (out, r) under peft; (in, rows), (r, out) official
+    a_fan, b_fan = (DIM, r) if convention == Convention.peft else (rows, DIM)
+    for tensor, fan in ((a, a_fan), (b, b_fan)):
+        bound = (6.0 / fan) ** 0.5
+        assert tensor.abs().max() <= bound and tensor.abs().max() > 0.9 * bound
     assert not a.requires_grad and not layers[0].B.requires_grad  # frozen buffers, not parameters
     assert not any("projections" in key for key in model.state_dict())  # regenerated, not saved
 
 
-def test_pvera_kl_matches_the_closed_form():
-    model = apply_adapter(tiny_vit(), "pvera", r=4).train()
+@pytest.mark.parametrize("convention", CONVENTIONS)
+def test_pvera_kl_matches_the_closed_form(convention):
+    model = apply_adapter(tiny_vit(), "pvera", r=4, convention=convention).train()
     perturb(model)
     layer = model.blocks[0].attn.qkv
     x = torch.randn(2, 5, DIM)
     layer(x)
     kl = layer.kl()
-    h = F.linear(x.double(), layer.A.double()).unsqueeze(-2) * layer.pvera_lambda_d.double()
+    pairs = [i if PAIR_PER_SLICE[convention] else 0 for i in range(len(layer.slices))]
+    h = torch.stack([F.linear(x.double(), layer.A[p].double()) for p in pairs], dim=-2)
+    h = h * layer.pvera_lambda_d.double()
     mu, logvar = h[..., :4], h[..., 4:]
     expected = 0.5 * (mu**2 + logvar.exp() - 1 - logvar).mean()
     torch.testing.assert_close(kl.double(), expected, rtol=1e-4, atol=0)  # float32 sums of terms near 1 cancel
@@ -265,13 +300,13 @@ def test_sampling_modes_differ_and_mean_is_deterministic(name, images):
     model.eval()
     outputs = {}
     with torch.no_grad():
-        for mode in ("mean", "fixed", "random"):
-            with sample_latents(model, mode):
+        for mode in ("mean", "fixed", "random", "mc_layer"):
+            with sample_latents(model, mode, 4):
                 outputs[mode] = (model(images), model(images))
     assert torch.equal(*outputs["mean"]) and torch.equal(*outputs["fixed"])
-    assert not torch.equal(*outputs["random"])  # a fresh draw per pass
-    assert not torch.allclose(outputs["mean"][0], outputs["fixed"][0])
-    assert not torch.allclose(outputs["mean"][0], outputs["random"][0])
+    assert not torch.equal(*outputs["random"]) and not torch.equal(*outputs["mc_layer"])  # a fresh draw per pass
+    for mode in ("fixed", "random", "mc_layer"):
+        assert not torch.allclose(outputs["mean"][0], outputs[mode][0])
 
 
 @pytest.mark.parametrize("name", STOCHASTIC)
@@ -279,6 +314,10 @@ def test_sample_latents_restores_the_previous_mode(name):
     model = apply_adapter(tiny_vit(), name)
     layers = [m for m in model.modules() if hasattr(m, "sample_mode")]
     assert len(layers) == DEPTH and {layer.sample_mode for layer in layers} == {"mean"}
+    assert {layer.sample_count for layer in layers} == {1}
+    with sample_latents(model, "mc_layer", 8):
+        assert {(layer.sample_mode, layer.sample_count) for layer in layers} == {("mc_layer", 8)}
+    assert {(layer.sample_mode, layer.sample_count) for layer in layers} == {("mean", 1)}
     with sample_latents(model, "fixed"):
         assert {layer.sample_mode for layer in layers} == {"fixed"}
         with pytest.raises(RuntimeError, match="inside"), sample_latents(model, "random"):

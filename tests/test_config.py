@@ -82,7 +82,7 @@ INVALID_CONFIGS = [
         "unknown-sampling-mode",
         ["sampling.mode=median"],
         "Error merging override sampling.mode=median: Invalid value 'median', expected one of "
-        "[mean, random, fixed, mc]",
+        "[mean, random, fixed, mc, mc_layer]",
     ),
     ("zero-beta", ["dataset.beta=0"], "dataset.beta=0.0 must be positive (the KL weight is 1/beta)"),
     ("negative-beta", ["dataset.beta=-1e6"], "dataset.beta=-1000000.0 must be positive (the KL weight is 1/beta)"),
@@ -94,6 +94,23 @@ INVALID_CONFIGS = [
         "[natural, specialized, structured, demo]",
     ),
     ("zero-rank", ["adapter=lora", "adapter.r=0"], "adapter=lora: adapter.r must be >= 1, got 0"),
+    (
+        "unknown-convention",
+        ["adapter=vera", "adapter.convention=hf"],
+        "Error merging override adapter.convention=hf: Invalid value 'hf', expected one of [official, peft]",
+    ),
+    (
+        "joint-early-stopping-without-early-stopping",
+        ["protocol=vtab", "quirks.joint_early_stopping=true"],
+        "quirks.joint_early_stopping needs protocol.early_stopping=true and protocol.select_metric=nll "
+        "(the official code's selection); use protocol=pvera",
+    ),
+    (
+        "unknown-quirk",
+        ["quirks.softmax=true"],
+        "Could not override 'quirks.softmax'. To append to your config use +quirks.softmax=true: Key 'softmax' "
+        "not in 'QuirksConfig'",
+    ),
     ("zero-alpha", ["adapter=lora", "adapter.alpha=0"], "adapter=lora: adapter.alpha must be positive, got 0.0"),
     ("zero-adapter-lr", ["adapter=vera", "adapter.lr=0"], "adapter=vera: adapter.lr must be positive, got 0.0"),
     (

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from pvera_bench.config import ProtocolConfig, SamplingConfig, TrainerConfig
+from pvera_bench.config import ProtocolConfig, TrainerConfig
 from pvera_bench.data import SplitData
-from pvera_bench.engine import Preempted, build_scheduler, fit, trainable_state
+from pvera_bench.engine import EpochLoop, Objective, Preempted, build_scheduler, fit, trainable_state
 from pvera_bench.evaluation import classification_metrics
 from pvera_bench.features import HeadOnly
 from pvera_bench.runtime import Normalizer, Runtime
@@ -71,7 +71,7 @@ def test_fit_stops_at_the_batch_after_should_stop_turns_true():
     data = SplitData(torch.randn(32, 4), torch.randint(0, 3, (32,)))
     runtime = Runtime(torch.device("cpu"), nn.Identity(), progress=False)
     trainer = TrainerConfig(epochs=2, batch_size=8, progress=False)
-    protocol, sampling = ProtocolConfig(name="train-only", val_split=None), SamplingConfig(mode="mean")
+    protocol = ProtocolConfig(name="train-only", val_split=None)
     asked = []
 
     def should_stop() -> bool:
@@ -80,8 +80,8 @@ def test_fit_stops_at_the_batch_after_should_stop_turns_true():
 
     before = trainable_state(model)
     with pytest.raises(Preempted):
-        fit(model, data, None, runtime, trainer, protocol, sampling, None, 0.0, seed=0, should_stop=should_stop)
+        fit(EpochLoop(model, data, None, runtime, trainer, protocol, Objective(), seed=0), should_stop=should_stop)
     assert len(asked) == 4  # asked before every batch; the fourth answer stopped the fit
     assert not torch.equal(model.head.weight, before["head.weight"])  # the first three batches trained
-    finished = fit(model, data, None, runtime, trainer, protocol, sampling, None, 0.0, seed=0)
+    finished = fit(EpochLoop(model, data, None, runtime, trainer, protocol, Objective(), seed=0))
     assert (finished.epochs_run, len(finished.history)) == (2, 2)  # nothing stops a fit by default

@@ -8,6 +8,8 @@ import re
 import pytest
 from conftest import REPO, run_cli
 
+from pvera_bench.params import parameter_report
+
 L, D, MLP, R_LORA, R_VERA, H = 12, 768, 3072, 8, 256, 64
 FORMULAS = {  # the README's formulas, evaluated for ViT-B (12 blocks, width 768)
     "linear": 0,
@@ -16,9 +18,30 @@ FORMULAS = {  # the README's formulas, evaluated for ViT-B (12 blocks, width 768
     "vera": L * 2 * (R_VERA + D),
     "pvera": L * 2 * (2 * R_VERA + D),
     "ia3": L * (D + D + MLP),
-    "adaptformer": L * (2 * D * H + H + D),
+    "adaptformer": L * (2 * D * H + H + D + 1),  # official convention: a learnable scale per block
     "bottleneck": 2 * L * (2 * D * H + H + D),
 }
+
+
+# The official code's trainable counts on DINOv2-B/14 at its grid's first point (reference/pvera.md §3.3).
+OFFICIAL_COUNTS = {
+    "vera": ([], 24_576),
+    "pvera": ([], 30_720),
+    "lora": (["adapter.r=32"], 1_179_648),
+    "dora": (["adapter.r=32", "quirks.dora_frozen_magnitude=true"], 1_179_648),  # magnitudes frozen (E2a)
+    "adaptformer": (["adapter.hidden_dim=192"], 3_550_476),
+    "bottleneck": (["adapter.hidden_dim=192"], 7_100_928),
+    "ia3": ([], 55_296),
+    "linear": ([], 0),
+}
+
+
+@pytest.mark.parametrize("adapter", sorted(OFFICIAL_COUNTS))
+def test_official_convention_gives_the_official_codes_counts_on_dinov2(adapter):
+    overrides, expected = OFFICIAL_COUNTS[adapter]
+    official = ["backbone=dinov2_vitb14", f"adapter={adapter}", "adapter.convention=official"]
+    report = parameter_report([*official, *overrides])
+    assert report["adapter_params"] == expected
 
 
 @pytest.mark.parametrize("adapter, expected", [("vera", 24_576), ("pvera", 30_720)])

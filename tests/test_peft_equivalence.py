@@ -2,7 +2,8 @@
 
 PEFT adapts whole Linear modules, so the reference model splits each fused ``attn.qkv`` into
 separate q, k, v Linears (same weights); PEFT then targets q and v (k and v for IA3), which is
-exactly what pvera_bench's q/v slices of the fused layer adapt.
+exactly what pvera_bench's q/v slices of the fused layer adapt. Every adapter is built with
+``convention="peft"``; the defaults (``official``) follow the official PVeRA code instead.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def assert_same_outputs(ours: nn.Module, reference: nn.Module) -> None:
 
 @pytest.mark.parametrize("name, use_dora", [("lora", False), ("dora", True)])
 def test_lora_and_dora_match_peft(name, use_dora):
-    ours = apply_adapter(tiny_vit(), name, r=4, alpha=8.0)
+    ours = apply_adapter(tiny_vit(), name, r=4, convention="peft")
+    assert ours.blocks[0].attn.qkv.scaling == 8 / 4  # PEFT's lora_alpha=8 is the peft convention's default
     perturb(ours)
     reference = peft_reference(peft.LoraConfig(r=4, lora_alpha=8, target_modules=QV, use_dora=use_dora))
     copy_low_rank(ours, reference, "qv")
@@ -69,14 +71,16 @@ def test_lora_and_dora_match_peft(name, use_dora):
 
 @pytest.mark.parametrize("name", ["vera", "pvera"])
 def test_vera_and_pvera_match_peft(name):
-    ours = apply_adapter(tiny_vit(), name, r=16, d_initial=0.1, projection_seed=5)
+    ours = apply_adapter(tiny_vit(), name, r=16, projection_seed=5, convention="peft")
+    layer = ours.blocks[0].attn.qkv
+    assert layer.alpha == 1.0 and torch.all(getattr(layer, f"{name}_lambda_d") == 0.1)  # PEFT's d_initial=0.1
     perturb(ours)
     config_cls = peft.VeraConfig if name == "vera" else peft.PveraConfig
     reference = peft_reference(config_cls(r=16, d_initial=0.1, projection_prng_key=5, target_modules=QV))
-    layer = ours.blocks[0].attn.qkv
-    # same seed, same draw order: the shared random matrices are PEFT's, bit for bit
-    assert torch.equal(layer.A, getattr(reference.base_model, f"{name}_A")["default"])
-    assert torch.equal(layer.B, getattr(reference.base_model, f"{name}_B")["default"])
+    # one pair for every slice; same seed, same draw order: the shared random matrices are PEFT's, bit for bit
+    assert layer.projections.A.shape[0] == 1 and layer.projections.B.shape[0] == 1
+    assert torch.equal(layer.A[0], getattr(reference.base_model, f"{name}_A")["default"])
+    assert torch.equal(layer.B[0], getattr(reference.base_model, f"{name}_B")["default"])
     with torch.no_grad():
         for b, block in enumerate(ours.blocks):
             for i, slice_name in enumerate("qv"):
@@ -87,7 +91,7 @@ def test_vera_and_pvera_match_peft(name):
 
 
 def test_ia3_matches_peft():
-    ours = apply_adapter(tiny_vit(), "ia3")
+    ours = apply_adapter(tiny_vit(), "ia3", convention="peft")
     perturb(ours)
     reference = peft_reference(peft.IA3Config(target_modules=rf"{KV}|.*mlp\.fc2", feedforward_modules=r".*mlp\.fc2"))
     with torch.no_grad():

@@ -3,6 +3,7 @@ round-trips through a weights-only checkpoint, and a damaged one starts the run 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -61,8 +62,8 @@ def test_a_run_stopped_mid_training_resumes_to_the_uninterrupted_result(stop, un
 def test_run_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     state = RunState(
         grid=[
-            GridRecord({"adapter.r": 2}, 0.5, 0.75, 3, 4, selected=True),
-            GridRecord({"adapter.r": 4}, 0.6, 0.7, 2, 4),
+            GridRecord({"adapter.r": 2}, 0.5, 0.5, 0.75, 3, 4, [0.7, 0.6, 0.5, 0.55], selected=True),
+            GridRecord({"adapter.r": 4}, 0.6, 0.6, 0.7, 2, 4),
         ],
         chosen_weights={"head.weight": torch.randn(3, 2)},
         chosen_fit=FitResult(4, 3, 100.0, [{"epoch": 1, "train_loss": 1.5}], {"nll": 0.5, "top1": 0.75}),
@@ -79,13 +80,23 @@ def test_run_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     assert [record.as_json() for record in loaded.grid] == [
         {
             "point": {"adapter.r": 2},
+            "val_loss": 0.5,
             "val_nll": 0.5,
             "val_top1": 0.75,
             "best_epoch": 3,
             "epochs_run": 4,
+            "val_curve": [0.7, 0.6, 0.5, 0.55],
             "selected": True,
         },
-        {"point": {"adapter.r": 4}, "val_nll": 0.6, "val_top1": 0.7, "best_epoch": 2, "epochs_run": 4},
+        {
+            "point": {"adapter.r": 4},
+            "val_loss": 0.6,
+            "val_nll": 0.6,
+            "val_top1": 0.7,
+            "best_epoch": 2,
+            "epochs_run": 4,
+            "val_curve": [],
+        },
     ]
     assert [p.name for p in tmp_path.iterdir()] == ["run.ckpt"]  # written through a temporary file, then renamed
 
@@ -121,3 +132,43 @@ def test_sigterm_within_the_block_only_asks_training_to_stop():
     assert signal.getsignal(signal.SIGTERM) is before
     with stop_on_sigterm() as should_stop:  # each run starts unstopped
         assert not should_stop()
+
+
+@pytest.mark.slow
+def test_joint_grid_search_stopped_mid_epoch_resumes_to_the_uninterrupted_result(data_root, tmp_path, monkeypatch):
+    """The official code's lockstep search (quirks.joint_early_stopping) checkpoints every point every epoch."""
+    from conftest import compose_config
+
+    import pvera_bench.run as run_module
+
+    def config(folder: Path):
+        return compose_config(
+            "experiment=pvera_paper",
+            "backbone=tiny",
+            "dataset=mnist5k",
+            "adapter=vera",
+            "trainer.epochs=3",
+            "trainer.batch_size=100",
+            "trainer.progress=false",
+            f"data.root={data_root}",
+            f"paths.results={folder}",
+        )
+
+    straight = run_module.run(config(tmp_path / "straight"))
+    batches_seen = []
+
+    @contextlib.contextmanager
+    def stop_after_four_epochs_and_a_bit():  # 8 batches per epoch: 3 points' first epochs, then 1 of the second's
+        yield lambda: batches_seen.append(1) or len(batches_seen) > 3 * 8 + 8 + 3
+
+    monkeypatch.setattr(run_module, "stop_on_sigterm", stop_after_four_epochs_and_a_bit)
+    with pytest.raises(SystemExit) as stopped:
+        run_module.run(config(tmp_path / "resumed"))
+    assert stopped.value.code == 143
+    [checkpoint] = (tmp_path / "resumed").rglob("*.ckpt")
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["stage"] == "grid" and [m["loop"]["epoch"] for m in saved["fit"]["members"]] == [1, 1, 1]
+    monkeypatch.undo()
+    resumed = run_module.run(config(tmp_path / "resumed"))
+    assert (resumed["test_top1"], resumed["test_nll"]) == (straight["test_top1"], straight["test_nll"])
+    assert resumed["grid"] == straight["grid"] and resumed["history"] == straight["history"]

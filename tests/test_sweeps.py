@@ -150,7 +150,7 @@ def test_wandb_logger_sends_config_epochs_and_summary(demo_config, monkeypatch):
 
 def test_selection_prefers_lower_val_loss_or_higher_top1_with_loss_breaking_ties():
     def scored(nll: float, top1: float) -> GridRecord:
-        return GridRecord({}, val_nll=nll, val_top1=top1, best_epoch=1, epochs_run=1)
+        return GridRecord({}, val_loss=nll, val_nll=nll, val_top1=top1, best_epoch=1, epochs_run=1)
 
     assert is_better(scored(0.5, 0.1), None, "nll") and is_better(scored(0.5, 0.1), None, "top1")
     assert is_better(scored(0.4, 0.1), scored(0.5, 0.9), "nll")

@@ -10,10 +10,12 @@ from conftest import run_cli
 
 from pvera_bench.config import TaskGroup
 from pvera_bench.errors import UserError
-from pvera_bench.table import LONG_CSV_COLUMNS, folders, labels, main, write_tables
+from pvera_bench.table import LONG_CSV_COLUMNS, PAPER_QUIRKS, PAPER_SETUP, folders, labels, main, write_tables
 
 
-def write_run(root, adapter, dataset, seed, top1, status="success", backbone="vit_b16_in21k", params=1000, rank=8):
+def write_run(
+    root, adapter, dataset, seed, top1, status="success", backbone="vit_b16_in21k", params=1000, rank=8, quirks=()
+):
     config = {
         "adapter": {"name": adapter, "r": rank},
         "trainer": {"epochs": 10, "device": "cpu"},
@@ -30,13 +32,15 @@ def write_run(root, adapter, dataset, seed, top1, status="success", backbone="vi
         "sampling": "mean",
         "protocol": "pvera",
         "seed": seed,
+        "convention": "official",
+        "quirks": list(quirks),
         "test_top1": top1 if status == "success" else None,
         "adapter_params": params,
         "config": config,
     }
     if status != "success":
         record["error"] = "training loss is nan"
-    path = root / backbone / dataset / f"{adapter}__mean__pvera__s{seed}__x.json"
+    path = root / backbone / dataset / f"{adapter}__mean__pvera__s{seed}__{'q' if quirks else 'x'}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record))
 
@@ -107,6 +111,23 @@ def test_pvera_paper_averages_beside_dinov2_results(tmp_path):
     assert reported["PVeRA"] == pytest.approx(71.4) and reported["VeRA"] == pytest.approx(69.9)
 
 
+def test_paper_rows_sit_in_the_table_of_a_mock_pvera_paper_sweep(tmp_path):
+    paper = sorted(PAPER_QUIRKS)
+    for adapter, top1 in (("pvera", 0.72), ("vera", 0.70)):
+        for task in folders()[:4]:
+            for seed in (0, 1):
+                write_run(tmp_path / "runs", adapter, task, seed, top1, backbone="dinov2_vitb14", quirks=paper)
+                write_run(tmp_path / "runs", adapter, task, seed, top1 - 0.1, backbone="dinov2_vitb14")
+    write_tables(tmp_path / "runs", tmp_path / "tables")
+    text = (tmp_path / "tables" / "vtab1k.md").read_text()
+    paper_table = text.split(f"## dinov2_vitb14 · pvera · {PAPER_SETUP}")[1].split("\n## ")[0]
+    rows = [line.split(" | ")[0].strip("| ") for line in paper_table.splitlines() if line.startswith("| ")][1:]
+    assert rows == ["pvera", "vera", "PVeRA (published)", "VeRA (published)"]
+    assert "| 72.0 ± 0.0 |" in paper_table and "71.4" in paper_table and "69.9" in paper_table
+    plain_table = text.split("## dinov2_vitb14 · pvera · official convention\n")[1].split("\n## ")[0]
+    assert "62.0 ± 0.0" in plain_table and "published" not in plain_table  # the quirk-free runs have no paper rows
+
+
 def test_writes_four_files_and_latex_is_a_tabular(tmp_path, runs, capsys):
     main(["--runs", str(runs), "--out", str(tmp_path / "tables")])
     written = capsys.readouterr().out.splitlines()
@@ -156,7 +177,8 @@ def test_print_keeps_one_backbone_and_dataset(tmp_path, runs, capsys):
     write_run(runs, "lora", "mnist5k", 0, 0.8, backbone="tiny")
     main(["--runs", str(runs), "--print", "--backbone", "tiny", "--dataset", "mnist5k"])
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3 and lines[2].startswith("| lora | mnist5k | tiny | mean | pvera | 0 | success | 0.8000 |")
+    assert len(lines) == 3
+    assert lines[2].startswith("| lora | mnist5k | tiny | mean | pvera | official convention | 0 | success | 0.8000 |")
 
 
 def test_empty_results_folder_is_one_line(tmp_path):

@@ -14,11 +14,23 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import torch
 from torch import nn
 
 QKV_NAMES = ("q", "k", "v")
+
+
+class Convention(StrEnum):
+    """How an adapter is initialised, scaled and structured; each adapter's docstring says what differs.
+
+    ``official``: as the official PVeRA code (leofillioux/pvera) builds it, its bugs left out (those are
+    ``quirks``); ``peft``: as Hugging Face PEFT builds it (the adapter's paper where PEFT has none).
+    """
+
+    official = "official"
+    peft = "peft"
 
 
 @dataclass
@@ -28,12 +40,15 @@ class AdapterConfig:
     Args:
         name: registry name of the adapter.
         lr: learning rate of the adapter's parameters; None uses ``trainer.lr``.
+        convention: ``official`` (the official PVeRA code's initialisation and scales) or ``peft``.
     """
 
     name: str = ""
     lr: float | None = None
+    convention: Convention = Convention.official
 
     def __post_init__(self) -> None:
+        self.convention = Convention(self.convention)
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"adapter.lr must be positive, got {self.lr}")
 
@@ -73,7 +88,8 @@ class AdapterSpec:
         mergeable: :func:`merge_adapter` can fold it into the base weights.
         stochastic: it samples at training time, has a test-time :func:`sample_latents` mode and an
             :func:`adapter_loss`.
-        identity_at_init: the adapted model computes exactly what the backbone does until it trains.
+        identity_at_init: the conventions under which the adapted model computes exactly what the backbone
+            does until it trains.
     """
 
     name: str
@@ -82,7 +98,7 @@ class AdapterSpec:
     prefix: str | None
     mergeable: bool = False
     stochastic: bool = False
-    identity_at_init: bool = True
+    identity_at_init: tuple[Convention, ...] = tuple(Convention)
 
 
 ADAPTERS: dict[str, AdapterSpec] = {}
@@ -95,7 +111,7 @@ def register_adapter(
     prefix: str | None,
     mergeable: bool = False,
     stochastic: bool = False,
-    identity_at_init: bool = True,
+    identity_at_init: tuple[Convention, ...] = tuple(Convention),
 ) -> None:
     """Make an adapter available by name to :func:`apply_adapter` and the ``adapter`` config group."""
     if name in ADAPTERS:
@@ -214,7 +230,9 @@ def head_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad and n.startswith("head.")}
 
 
-SAMPLE_MODES = ("mean", "random", "fixed")  # the latent a stochastic layer uses at test time
+# The latent a stochastic layer uses at test time: mu, one draw, mu + sigma, or the mean of
+# ``sample_count`` draws taken inside the layer (the official PVeRA code's N-sample mode).
+SAMPLE_MODES = ("mean", "random", "fixed", "mc_layer")
 
 
 class StochasticLayer(nn.Module):
@@ -224,6 +242,7 @@ class StochasticLayer(nn.Module):
     """
 
     sample_mode: str = "mean"
+    sample_count: int = 1  # draws averaged inside the layer in ``mc_layer`` mode
 
     def kl(self) -> torch.Tensor | None:
         """The regularisation term of the last training forward (None when there was none)."""
@@ -237,22 +256,23 @@ def adapter_loss(model: nn.Module) -> torch.Tensor | None:
 
 
 @contextlib.contextmanager
-def sample_latents(model: nn.Module, mode: str) -> Iterator[nn.Module]:
-    """Within the block, every stochastic layer of ``model`` uses test-time latent ``mode``; then it is restored."""
+def sample_latents(model: nn.Module, mode: str, count: int = 1) -> Iterator[nn.Module]:
+    """Within the block, every stochastic layer of ``model`` uses test-time latent ``mode`` (averaging
+    ``count`` draws in ``mc_layer`` mode); then it is restored."""
     if mode not in SAMPLE_MODES:
         raise ValueError(f"unknown sampling mode {mode!r}; expected one of {SAMPLE_MODES}")
     layers = [m for m in model.modules() if isinstance(m, StochasticLayer)]
-    previous = [layer.sample_mode for layer in layers]
+    previous = [(layer.sample_mode, layer.sample_count) for layer in layers]
     for layer in layers:
-        layer.sample_mode = mode
+        layer.sample_mode, layer.sample_count = mode, count
     try:
         yield model
     finally:
-        for layer, mode_before in zip(layers, previous, strict=True):
-            layer.sample_mode = mode_before
+        for layer, (mode_before, count_before) in zip(layers, previous, strict=True):
+            layer.sample_mode, layer.sample_count = mode_before, count_before
 
 
-def kaiming_uniform(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
-    """Kaiming-uniform (gain sqrt(2), fan_in = shape[1]) drawn from ``generator`` on the CPU."""
-    bound = (6.0 / shape[1]) ** 0.5
+def kaiming_uniform(shape: tuple[int, ...], generator: torch.Generator | None = None) -> torch.Tensor:
+    """Kaiming-uniform (gain sqrt(2), fan_in = shape[-1]) on the CPU, from ``generator`` (None: the global RNG)."""
+    bound = (6.0 / shape[-1]) ** 0.5
     return torch.empty(shape).uniform_(-bound, bound, generator=generator)

@@ -1,9 +1,10 @@
 """Bottleneck adapters in the Houlsby et al. (ICML 2019) placement.
 
 Two per block: after the attention (behind ``attn.proj``) and after the MLP (behind
-``mlp.fc2``), before the residual addition: ``y ← y + up(act(down(y)))``. As in the paper
-the projections start near zero (normal, std 1e-2, truncated at 2 std), so each adapter
-starts near the identity.
+``mlp.fc2``), before the residual addition: ``y ← y + up(act(down(y)))``. Conventions:
+``peft`` (the paper's; PEFT has no such adapter): the projections start near zero (normal,
+std 1e-2, truncated at 2 std), so each adapter starts near the identity; ``official``
+(leofillioux/pvera, ``models/adapters/bottleneck.py``): ``nn.Linear``'s initialisation.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from pvera_bench.adapters.base import AdapterConfig, register_adapter
+from pvera_bench.adapters.base import AdapterConfig, Convention, register_adapter
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -24,21 +25,24 @@ class BottleneckConfig(AdapterConfig):
     hidden_dim: width of the bottleneck.
     activation: relu or gelu.
     targets: block submodules whose output is adapted.
-    init_std: std of the truncated-normal initialisation of both projections.
+    init_std: std of the truncated-normal initialisation of both projections; None: ``nn.Linear``'s
+        initialisation (``official``) or 1e-2 (``peft``).
     """
 
     hidden_dim: int = 64
     activation: str = "relu"
     targets: list[str] = field(default_factory=lambda: ["attn", "mlp"])
-    init_std: float = 1e-2
+    init_std: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.init_std is None and self.convention == Convention.peft:
+            self.init_std = 1e-2
         if self.hidden_dim < 1:
             raise ValueError(f"adapter.hidden_dim must be >= 1, got {self.hidden_dim}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"adapter.activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
-        if self.init_std < 0:
+        if self.init_std is not None and self.init_std < 0:
             raise ValueError(f"adapter.init_std must be >= 0, got {self.init_std}")
 
 
@@ -52,7 +56,7 @@ class SerialAdapter(nn.Module):
         self.bottleneck_up = nn.Linear(config.hidden_dim, dim)
         self.activation = ACTIVATIONS[config.activation]()
         std = config.init_std
-        for layer in (self.bottleneck_down, self.bottleneck_up):
+        for layer in (self.bottleneck_down, self.bottleneck_up) if std is not None else ():
             nn.init.trunc_normal_(layer.weight, std=std, a=-2 * std, b=2 * std)
             nn.init.zeros_(layer.bias)
 
@@ -70,4 +74,4 @@ def inject(model: nn.Module, config: BottleneckConfig) -> None:
             setattr(block, name, SerialAdapter(getattr(block, name), dim, config))
 
 
-register_adapter("bottleneck", BottleneckConfig, inject, prefix="bottleneck_", identity_at_init=False)
+register_adapter("bottleneck", BottleneckConfig, inject, prefix="bottleneck_", identity_at_init=())

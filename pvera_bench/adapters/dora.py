@@ -3,6 +3,9 @@
 ``W' = m ⊙ (W + ΔW) / ||W + ΔW||`` with ΔW the LoRA update, the norm taken per output
 row and treated as a constant in the backward pass (paper §4.3), and the magnitude ``m``
 trainable and initialised to ``||W||``, so the layer is unchanged at initialisation.
+ΔW's initialisation and ``alpha`` follow the LoRA convention (:mod:`pvera_bench.adapters.lora`).
+The official PVeRA code's DoRA (reference/pvera.md §5.1 E2) keeps ``m`` frozen
+(``frozen_magnitude``) and does not scale ΔW (``unscaled``): both off unless their quirk is on.
 """
 
 from __future__ import annotations
@@ -14,24 +17,33 @@ import torch.nn.functional as F
 from torch import nn
 
 from pvera_bench.adapters.base import register_adapter, take_slices
-from pvera_bench.adapters.lora import LoraConfig, LoraLinear, low_rank_targets
+from pvera_bench.adapters.lora import LoraConfig, LoraLinear, inject_low_rank
 
 
 @dataclass
 class DoraConfig(LoraConfig):
-    pass
+    """Args:
+    frozen_magnitude: ``m`` stays at ``||W||`` (the official code's bug E2a).
+    unscaled: ΔW is ``B A``, without ``alpha / r`` (the official code's bug E2b).
+    """
+
+    frozen_magnitude: bool = False
+    unscaled: bool = False
 
 
 class DoraLinear(LoraLinear):
-    """LoRA per output slice plus a trainable magnitude per output row of the slice."""
+    """LoRA per output slice plus a magnitude per output row of the slice."""
 
-    def __init__(
-        self, base_layer: nn.Linear, slices: tuple[tuple[int, int], ...], r: int, alpha: float, dropout: float = 0.0
-    ) -> None:
-        super().__init__(base_layer, slices, r, alpha, dropout)
+    def __init__(self, base_layer: nn.Linear, slices: tuple[tuple[int, int], ...], config: DoraConfig) -> None:
+        super().__init__(base_layer, slices, config)
+        if config.unscaled:
+            self.scaling = 1.0
         with torch.no_grad():
-            norms = self.base_weights().norm(dim=-1)
-        self.lora_magnitude = nn.Parameter(norms.float())
+            norms = self.base_weights().norm(dim=-1).float()
+        if config.frozen_magnitude:
+            self.register_buffer("lora_magnitude", norms)
+        else:
+            self.lora_magnitude = nn.Parameter(norms)
 
     def base_weights(self) -> torch.Tensor:
         """The frozen weight rows of every slice, ``(n_slices, width, in)``."""
@@ -55,8 +67,7 @@ class DoraLinear(LoraLinear):
 
 
 def inject(model: nn.Module, config: DoraConfig) -> None:
-    for t in low_rank_targets(model, config):
-        setattr(t.parent, t.attr, DoraLinear(t.layer, t.slices, config.r, config.alpha, config.dropout))
+    inject_low_rank(model, config, DoraLinear)
 
 
 register_adapter("dora", DoraConfig, inject, mergeable=True, prefix="lora_")

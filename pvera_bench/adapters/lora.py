@@ -1,4 +1,10 @@
-"""LoRA (Hu et al., ICLR 2022): ``W x + (alpha / r) * B A x`` with A random and B zero at init."""
+"""LoRA (Hu et al., ICLR 2022): ``W x + (alpha / r) * B A x`` with A random and B zero at init.
+
+Conventions: ``official`` (leofillioux/pvera, ``models/adapters/lora.py``; reference/pvera.md §5.2):
+``alpha = 16``, ``A ~ N(0, 1/r)``; ``peft`` (PEFT's ``LoraConfig``): ``alpha = 8``, A Kaiming-uniform
+with ``a = sqrt(5)`` as ``nn.Linear``. The official code also starts every block from the same A
+(reference/pvera.md §5.1 E9): ``same_a_every_block``, off unless ``quirks.lora_same_a_every_block``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pvera_bench.adapters.base import (
+    Convention,
     SlicedLinear,
     Target,
     TargetedConfig,
@@ -22,16 +29,20 @@ from pvera_bench.adapters.base import (
 class LoraConfig(TargetedConfig):
     """Args:
     r: rank of the update.
-    alpha: the update is scaled by ``alpha / r``.
+    alpha: the update is scaled by ``alpha / r``; None: 16 (``official``) or 8 (``peft``).
     dropout: dropout on the adapter's input.
+    same_a_every_block: every block starts from the same A (the official code's bug E9).
     """
 
     r: int = 8
-    alpha: float = 8.0
+    alpha: float | None = None
     dropout: float = 0.0
+    same_a_every_block: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.alpha is None:
+            self.alpha = 8.0 if self.convention == Convention.peft else 16.0
         if self.r < 1:
             raise ValueError(f"adapter.r must be >= 1, got {self.r}")
         if self.alpha <= 0:
@@ -43,17 +54,18 @@ class LoraConfig(TargetedConfig):
 class LoraLinear(SlicedLinear):
     """A frozen Linear plus one rank-r update per output slice."""
 
-    def __init__(
-        self, base_layer: nn.Linear, slices: tuple[tuple[int, int], ...], r: int, alpha: float, dropout: float = 0.0
-    ) -> None:
+    def __init__(self, base_layer: nn.Linear, slices: tuple[tuple[int, int], ...], config: LoraConfig) -> None:
         super().__init__(base_layer, slices)
-        n = len(slices)
-        self.scaling = alpha / r
+        n, r = len(slices), config.r
+        self.scaling = config.alpha / r
         self.lora_A = nn.Parameter(torch.empty(n, r, self.in_features))
         self.lora_B = nn.Parameter(torch.zeros(n, self.slice_width, r))
-        for a in self.lora_A:  # as nn.Linear and the LoRA reference code: kaiming-uniform, a = sqrt(5)
-            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        if config.convention == Convention.official:
+            nn.init.normal_(self.lora_A, std=r**-0.5)
+        else:
+            for a in self.lora_A:  # as nn.Linear and the LoRA reference code: kaiming-uniform, a = sqrt(5)
+                nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        self.lora_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
     def update(self, x: torch.Tensor) -> torch.Tensor:
         """``(alpha / r) B_i A_i dropout(x)`` for every slice i, ``(..., n_slices, width)``."""
@@ -78,9 +90,17 @@ def low_rank_targets(model: nn.Module, config: LoraConfig) -> list[Target]:
     return targets
 
 
-def inject(model: nn.Module, config: LoraConfig) -> None:
+def inject_low_rank(model: nn.Module, config: LoraConfig, layer_cls: type[LoraLinear]) -> None:
+    """Wrap every target with ``layer_cls``; with ``same_a_every_block`` each block's draws repeat the first's."""
+    first_block_rng = torch.get_rng_state()
     for t in low_rank_targets(model, config):
-        setattr(t.parent, t.attr, LoraLinear(t.layer, t.slices, config.r, config.alpha, config.dropout))
+        if config.same_a_every_block and t.path == config.targets[0]:  # a block starts
+            torch.set_rng_state(first_block_rng)
+        setattr(t.parent, t.attr, layer_cls(t.layer, t.slices, config))
+
+
+def inject(model: nn.Module, config: LoraConfig) -> None:
+    inject_low_rank(model, config, LoraLinear)
 
 
 register_adapter("lora", LoraConfig, inject, mergeable=True, prefix="lora_")

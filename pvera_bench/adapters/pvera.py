@@ -6,8 +6,10 @@ mean ``mu`` and a log-variance for an r-dimensional latent. Training draws
 divergence of that forward's latent to N(0, I) (mean over latent units, tokens, images and
 the adapted slices), which the trainer adds to the loss with weight ``1 / dataset.beta``.
 At test time the latent is ``mu`` (``mean``), one draw (``random``), ``mu + sigma``
-(``fixed``), or a draw per pass when predictions are averaged over N passes (``mc``).
-The update is ``b ⊙ B z``.
+(``fixed``), the mean of ``sample_count`` draws taken inside the layer (``mc_layer``, the
+official code's N-sample mode), or a draw per pass when predictions are averaged over N
+passes (``sampling=mc``). The update is ``α b ⊙ B z``. The conventions (α, init of ``d``,
+one random pair per slice or one for all) are VeRA's, see :mod:`pvera_bench.adapters.vera`.
 """
 
 from __future__ import annotations
@@ -15,16 +17,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pvera_bench.adapters.base import SAMPLE_MODES, StochasticLayer, register_adapter
 from pvera_bench.adapters.vera import (
     ProjectionLinear,
-    SharedProjections,
     VeraConfig,
+    down_project,
     inject_projection_adapter,
     scaled_projection_weight,
+    up_project,
 )
 
 
@@ -34,29 +36,21 @@ class PveraConfig(VeraConfig):
 
 
 class PveraLinear(ProjectionLinear, StochasticLayer):
-    """A frozen Linear plus ``b ⊙ B z`` per output slice, ``z ~ N(mu, sigma²)`` with ``[mu; logvar] = d ⊙ A x``."""
+    """A frozen Linear plus ``α b ⊙ B z`` per output slice, ``z ~ N(mu, sigma²)`` with ``[mu; logvar] = d ⊙ A x``."""
 
     latent_factor = 2  # A has rows for mu and for logvar
+    posterior: tuple[torch.Tensor, torch.Tensor] | None = None  # mu, logvar of the last training forward
 
-    def __init__(
-        self,
-        base_layer: nn.Linear,
-        slices: tuple[tuple[int, int], ...],
-        projections: SharedProjections,
-        r: int,
-        d_initial: float,
-    ) -> None:
-        super().__init__(base_layer, slices, projections)
-        self.r = r
-        self.pvera_lambda_d = nn.Parameter(torch.full((len(slices), 2 * r), d_initial))
-        self.pvera_lambda_b = nn.Parameter(torch.zeros(len(slices), self.slice_width))
-        self.posterior: tuple[torch.Tensor, torch.Tensor] | None = None  # mu, logvar of the last training forward
+    def create_vectors(self, config: PveraConfig) -> None:
+        self.r = config.r
+        self.pvera_lambda_d = nn.Parameter(self.initial_d(2 * config.r, config))
+        self.pvera_lambda_b = nn.Parameter(torch.zeros(len(self.slices), self.slice_width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d, b = self.pvera_lambda_d, self.pvera_lambda_b  # (n_slices, 2r), (n_slices, width)
-        mu, logvar = (d * F.linear(x, self.A).unsqueeze(-2)).chunk(2, dim=-1)  # (..., n_slices, r) each
+        mu, logvar = (d * down_project(x, self.A)).chunk(2, dim=-1)  # (..., n_slices, r) each
         self.posterior = (mu, logvar) if self.training else None
-        update = b * F.linear(self.latent(mu, logvar), self.B)  # (..., n_slices, width)
+        update = self.alpha * b * up_project(self.latent(mu, logvar), self.B)  # (..., n_slices, width)
         return self.add_to_slices(self.base_layer(x), update)
 
     def latent(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -67,6 +61,8 @@ class PveraLinear(ProjectionLinear, StochasticLayer):
             eps = torch.randn_like(mu)
         elif self.sample_mode == "fixed":
             eps = torch.ones_like(mu)
+        elif self.sample_mode == "mc_layer":  # the update is linear in z: averaging updates = averaging draws
+            eps = torch.randn((self.sample_count, *mu.shape), device=mu.device, dtype=mu.dtype).mean(dim=0)
         else:
             raise ValueError(f"unknown sample_mode {self.sample_mode!r}; expected one of {SAMPLE_MODES}")
         return mu + eps * torch.exp(logvar / 2)
@@ -82,7 +78,8 @@ class PveraLinear(ProjectionLinear, StochasticLayer):
     def delta_weight(self) -> torch.Tensor:
         """The update of the mean latent (sample_mode ``mean``), the only linear one."""
         r = self.r
-        return scaled_projection_weight(self.pvera_lambda_b, self.pvera_lambda_d[:, :r], self.A[:r], self.B)
+        A_mu = self.A[:, :r]
+        return scaled_projection_weight(self.pvera_lambda_b, self.pvera_lambda_d[:, :r], A_mu, self.B, self.alpha)
 
 
 def inject(model: nn.Module, config: PveraConfig) -> None:

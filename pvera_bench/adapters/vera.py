@@ -1,9 +1,17 @@
-"""VeRA (Kopiczko et al., ICLR 2024): ``W x + Λ_b B Λ_d A x``.
+"""VeRA (Kopiczko et al., ICLR 2024): ``W x + α Λ_b B Λ_d A x``.
 
-A and B are frozen random matrices shared by every adapted layer, drawn once
-(Kaiming-uniform) from ``projection_seed`` and sized to the largest adapted layer, which
-slices them; the trainable vectors are ``d`` (init ``d_initial``) and ``b`` (init 0), so
-the layer is unchanged at initialisation.
+A and B are frozen random matrices shared by every adapted layer, sized to the largest
+adapted layer, which slices them; the trainable vectors are ``d`` and ``b`` (init 0), so
+the layer is unchanged at initialisation. The two conventions differ in four ways:
+
+- ``official`` (leofillioux/pvera, ``models/adapters/vera.py``; reference/pvera.md §1.4, §5.1 E5):
+  a separate (A, B) pair for each adapted slice (q and v), drawn from torch's global RNG, i.e.
+  from the run seed; Kaiming-uniform bounds computed on the official storage, A as ``(in, r)``
+  and B as ``(r, out)`` (bounds ``sqrt(6 / r)`` and ``sqrt(6 / out)``); each ``d`` vector filled
+  with one draw of U(1e-5, 1); the update multiplied by ``alpha = 16``.
+- ``peft`` (PEFT's ``VeraModel``): one pair for every slice, drawn from ``projection_seed``
+  (default 0) with bounds ``sqrt(6 / in)`` and ``sqrt(6 / r)``; ``d`` filled with
+  ``d_initial = 0.1``; ``alpha = 1``.
 """
 
 from __future__ import annotations
@@ -11,10 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pvera_bench.adapters.base import (
+    Convention,
     SlicedLinear,
     TargetedConfig,
     find_targets,
@@ -22,94 +30,142 @@ from pvera_bench.adapters.base import (
     register_adapter,
 )
 
+OFFICIAL_D_RANGE = (1e-5, 1.0)  # each d vector starts at one draw of U(1e-5, 1) in the official code
+
 
 @dataclass
 class VeraConfig(TargetedConfig):
     """Args:
     r: rank of the shared random projections (may exceed the layer width, as in the paper).
-    d_initial: initial value of every entry of ``d``.
-    projection_seed: seed of the shared random matrices (recorded in every result).
+    alpha: factor on the update; None: 16 (``official``) or 1 (``peft``).
+    d_initial: value of every entry of ``d`` at init; None: one U(1e-5, 1) draw per vector
+        (``official``) or 0.1 (``peft``).
+    projection_seed: seed of the random matrices; None: torch's global RNG, which the harness seeds with
+        the run seed (``official``), or 0 (``peft``).
     """
 
     r: int = 256
-    d_initial: float = 0.1
-    projection_seed: int = 0
+    alpha: float | None = None
+    d_initial: float | None = None
+    projection_seed: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.r < 1:
             raise ValueError(f"adapter.r must be >= 1, got {self.r}")
+        peft = self.convention == Convention.peft
+        if self.alpha is None:
+            self.alpha = 1.0 if peft else 16.0
+        if self.d_initial is None and peft:
+            self.d_initial = 0.1
+        if self.projection_seed is None and peft:
+            self.projection_seed = 0
 
 
 class SharedProjections(nn.Module):
-    """The frozen random pair shared by all layers; regenerated from the seed, so not saved."""
+    """The frozen random pairs shared by all layers, ``A`` ``(pairs, rows, in)`` and ``B`` ``(pairs, out, r)``.
 
-    def __init__(self, in_features: int, out_features: int, r: int, latent_factor: int, seed: int) -> None:
+    Regenerated from the seed (or the run seed), so not saved in checkpoints.
+    """
+
+    def __init__(self, in_features: int, out_features: int, rows: int, r: int, pairs: int, config: VeraConfig) -> None:
         super().__init__()
-        generator = torch.Generator().manual_seed(seed)
-        self.register_buffer("A", kaiming_uniform((latent_factor * r, in_features), generator), persistent=False)
-        self.register_buffer("B", kaiming_uniform((out_features, r), generator), persistent=False)
+        generator = None if config.projection_seed is None else torch.Generator().manual_seed(config.projection_seed)
+        if config.convention == Convention.official:  # drawn on the official (in, rows) / (r, out) storage
+            A = kaiming_uniform((pairs, in_features, rows), generator).mT
+            B = kaiming_uniform((pairs, r, out_features), generator).mT
+        else:
+            A = kaiming_uniform((pairs, rows, in_features), generator)
+            B = kaiming_uniform((pairs, out_features, r), generator)
+        self.register_buffer("A", A.contiguous(), persistent=False)
+        self.register_buffer("B", B.contiguous(), persistent=False)
 
 
 class ProjectionLinear(SlicedLinear):
-    """A frozen Linear with the shared random pair, sliced to its size: ``A`` ``(rows, in)``, ``B`` ``(width, r)``."""
+    """A frozen Linear with the shared random pairs, sliced to its size: ``A`` ``(pairs, rows, in)``, ``B``
+    ``(pairs, width, r)``; slice i uses pair i (or the one pair)."""
 
     latent_factor = 1  # rows of A per rank unit
-
-    def __init__(self, base_layer: nn.Linear, slices: tuple[tuple[int, int], ...], projections: SharedProjections):
-        super().__init__(base_layer, slices)
-        self.projections = projections
-
-    @property
-    def A(self) -> torch.Tensor:
-        return self.projections.A[:, : self.in_features]
-
-    @property
-    def B(self) -> torch.Tensor:
-        return self.projections.B[: self.slice_width]
-
-
-def scaled_projection_weight(b: torch.Tensor, d: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """``Λ_b B Λ_d A`` per slice, ``(n_slices, width, in)``, from ``b`` (``(n_slices, width)``) and ``d``."""
-    return b.unsqueeze(-1) * (B @ (d.unsqueeze(-1) * A))
-
-
-class VeraLinear(ProjectionLinear):
-    """A frozen Linear plus ``b ⊙ B (d ⊙ A x)`` per output slice, A and B shared."""
 
     def __init__(
         self,
         base_layer: nn.Linear,
         slices: tuple[tuple[int, int], ...],
         projections: SharedProjections,
-        r: int,
-        d_initial: float,
+        config: VeraConfig,
     ) -> None:
-        super().__init__(base_layer, slices, projections)
-        self.vera_lambda_d = nn.Parameter(torch.full((len(slices), r), d_initial))
-        self.vera_lambda_b = nn.Parameter(torch.zeros(len(slices), self.slice_width))
+        super().__init__(base_layer, slices)
+        self.projections = projections
+        self.alpha = config.alpha
+        self.create_vectors(config)
+
+    def create_vectors(self, config: VeraConfig) -> None:
+        """Create the layer's trainable vectors ``d`` and ``b``."""
+        raise NotImplementedError
+
+    @property
+    def A(self) -> torch.Tensor:
+        return self.projections.A[: len(self.slices), :, : self.in_features]
+
+    @property
+    def B(self) -> torch.Tensor:
+        return self.projections.B[: len(self.slices), : self.slice_width]
+
+    def initial_d(self, width: int, config: VeraConfig) -> torch.Tensor:
+        """``d`` of every slice at init, ``(n_slices, width)``: ``d_initial``, or one U(1e-5, 1) draw per slice."""
+        if config.d_initial is not None:
+            return torch.full((len(self.slices), width), config.d_initial)
+        low, high = OFFICIAL_D_RANGE
+        return torch.empty(len(self.slices), 1).uniform_(low, high).expand(-1, width).clone()
+
+
+def down_project(x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """``A_p x`` for every pair p: ``(..., in)`` -> ``(..., pairs, rows)``."""
+    return torch.einsum("...i,pki->...pk", x, A)
+
+
+def up_project(z: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """``B_s z_s`` for every slice s: ``(..., n_slices, r)`` -> ``(..., n_slices, width)`` (one pair serves all)."""
+    return torch.einsum("...sr,swr->...sw", z, B.expand(z.shape[-2], -1, -1))
+
+
+def scaled_projection_weight(
+    b: torch.Tensor, d: torch.Tensor, A: torch.Tensor, B: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    """``α Λ_b B Λ_d A`` per slice, ``(n_slices, width, in)``, from ``b`` ``(n_slices, width)`` and ``d``."""
+    return alpha * b.unsqueeze(-1) * (B @ (d.unsqueeze(-1) * A))
+
+
+class VeraLinear(ProjectionLinear):
+    """A frozen Linear plus ``α b ⊙ B (d ⊙ A x)`` per output slice, A and B shared by all layers."""
+
+    def create_vectors(self, config: VeraConfig) -> None:
+        self.vera_lambda_d = nn.Parameter(self.initial_d(config.r, config))
+        self.vera_lambda_b = nn.Parameter(torch.zeros(len(self.slices), self.slice_width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d, b = self.vera_lambda_d, self.vera_lambda_b  # (n_slices, r), (n_slices, width)
-        update = b * F.linear(d * F.linear(x, self.A).unsqueeze(-2), self.B)  # (..., n_slices, width)
+        update = self.alpha * b * up_project(d * down_project(x, self.A), self.B)  # (..., n_slices, width)
         return self.add_to_slices(self.base_layer(x), update)
 
     def delta_weight(self) -> torch.Tensor:
-        return scaled_projection_weight(self.vera_lambda_b, self.vera_lambda_d, self.A, self.B)
+        return scaled_projection_weight(self.vera_lambda_b, self.vera_lambda_d, self.A, self.B, self.alpha)
 
 
 def inject_projection_adapter(model: nn.Module, config: VeraConfig, layer_cls: type[ProjectionLinear]) -> None:
-    """Wrap every target with ``layer_cls``, all sharing one pair of random matrices."""
+    """Wrap every target with ``layer_cls``, all sharing the random pairs (one per slice under ``official``)."""
     targets = find_targets(model, config)
+    pairs = max(len(t.slices) for t in targets) if config.convention == Convention.official else 1
     projections = SharedProjections(
         in_features=max(t.layer.in_features for t in targets),
         out_features=max(stop - start for t in targets for start, stop in t.slices),
+        rows=layer_cls.latent_factor * config.r,
         r=config.r,
-        latent_factor=layer_cls.latent_factor,
-        seed=config.projection_seed,
+        pairs=pairs,
+        config=config,
     ).to(device=targets[0].layer.weight.device)
     for t in targets:
-        setattr(t.parent, t.attr, layer_cls(t.layer, t.slices, projections, config.r, config.d_initial))
+        setattr(t.parent, t.attr, layer_cls(t.layer, t.slices, projections, config))
 
 
 def inject(model: nn.Module, config: VeraConfig) -> None:

@@ -3,6 +3,8 @@ the training criterion's loss."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,20 +18,42 @@ from pvera_bench.runtime import Runtime, autocast, batches
 ECE_BINS = 15
 
 
+@dataclass
+class Predictions:
+    """What a model predicted on a split: enough to recompute any metric without the model.
+
+    Args:
+        labels: the true class of every image, ``(N,)``.
+        probs: class probabilities (float32), ``(N, C)``; in ``mc`` mode the mean over passes.
+        per_pass: in ``mc`` mode, every pass's probabilities, ``(n, N, C)``; None otherwise.
+    """
+
+    labels: torch.Tensor
+    probs: torch.Tensor
+    per_pass: torch.Tensor | None = None
+
+    def predictive_std(self) -> torch.Tensor | None:
+        """Per image, the std over MC passes of the probability of the predicted class (None: one pass)."""
+        if self.per_pass is None:
+            return None
+        predicted = self.probs.argmax(dim=-1)
+        index = predicted.expand(len(self.per_pass), -1).unsqueeze(-1)
+        return self.per_pass.float().gather(2, index).squeeze(-1).std(dim=0)
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module, data: SplitData, runtime: Runtime, batch_size: int, sampling: SamplingConfig
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Class probabilities for every image (float32, CPU) and, for MC sampling, their per-image std.
+) -> Predictions:
+    """Class probabilities for every image (float32, CPU), and every pass's in ``mc`` mode.
 
     In ``mc`` mode each batch goes through the model ``sampling.n`` times with a fresh latent
-    draw per pass; the probabilities are averaged and the std (over passes) of the probability
-    of the predicted class is returned per image. In ``mc_layer`` mode one pass is made and every
-    stochastic layer averages ``sampling.n`` latent draws.
+    draw per pass and the probabilities are averaged. In ``mc_layer`` mode one pass is made and
+    every stochastic layer averages ``sampling.n`` latent draws.
     """
     model.eval()
     passes = sampling.n if sampling.mode == "mc" else 1
-    probs, stds = [], []
+    probs, per_pass = [], []
     bar = tqdm(total=len(data), desc="eval", disable=not runtime.progress or len(data) < 5000, leave=False)
     latent = "random" if sampling.mode == "mc" else sampling.mode
     with sample_latents(model, latent, sampling.n):
@@ -40,15 +64,12 @@ def predict(
                 with autocast(runtime.device, runtime.bf16):
                     samples.append(model(inputs).float().softmax(dim=-1))
             stacked = torch.stack(samples)
-            mean = stacked.mean(dim=0)
-            probs.append(mean.cpu())
+            probs.append(stacked.mean(dim=0).cpu())
             if passes > 1:
-                predicted = mean.argmax(dim=-1)
-                per_pass = stacked.gather(2, predicted.expand(passes, -1).unsqueeze(-1)).squeeze(-1)
-                stds.append(per_pass.std(dim=0).cpu())
+                per_pass.append(stacked.cpu())
             bar.update(len(images))
     bar.close()
-    return torch.cat(probs), (torch.cat(stds) if stds else None)
+    return Predictions(data.labels.cpu(), torch.cat(probs), torch.cat(per_pass, dim=1) if per_pass else None)
 
 
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = ECE_BINS) -> dict[str, float]:
@@ -73,6 +94,16 @@ def criterion_loss(probs: torch.Tensor, labels: torch.Tensor, double_softmax: bo
     return F.cross_entropy(scores, labels.cpu()).item()
 
 
+def prediction_metrics(predictions: Predictions, double_softmax: bool = False) -> dict[str, float]:
+    """Top-1, NLL, ECE and the training criterion's ``loss``, plus ``predictive_std`` in MC mode."""
+    metrics = classification_metrics(predictions.probs, predictions.labels)
+    metrics["loss"] = criterion_loss(predictions.probs, predictions.labels, double_softmax)
+    stds = predictions.predictive_std()
+    if stds is not None:
+        metrics["predictive_std"] = stds.mean().item()
+    return metrics
+
+
 def evaluate(
     model: nn.Module,
     data: SplitData,
@@ -81,10 +112,5 @@ def evaluate(
     sampling: SamplingConfig,
     double_softmax: bool = False,
 ) -> dict[str, float]:
-    """Top-1, NLL, ECE and the training criterion's ``loss`` on a split, plus ``predictive_std`` in MC mode."""
-    probs, stds = predict(model, data, runtime, batch_size, sampling)
-    metrics = classification_metrics(probs, data.labels)
-    metrics["loss"] = criterion_loss(probs, data.labels, double_softmax)
-    if stds is not None:
-        metrics["predictive_std"] = stds.mean().item()
-    return metrics
+    """The metrics of :func:`prediction_metrics` on a split."""
+    return prediction_metrics(predict(model, data, runtime, batch_size, sampling), double_softmax)

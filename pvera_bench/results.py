@@ -60,19 +60,22 @@ def read_result(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
     """Write through a temporary file in the same folder and rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
+    with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
         try:
-            json.dump(payload, f, indent=2, sort_keys=False)
-            f.write("\n")
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         except BaseException:
             os.unlink(f.name)  # a failed write (full disk, bad value) leaves the previous file untouched
             raise
     os.replace(f.name, path)
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    write_atomically(path, (json.dumps(payload, indent=2, sort_keys=False) + "\n").encode())
 
 
 def package_versions() -> dict[str, str]:

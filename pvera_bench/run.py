@@ -24,16 +24,17 @@ from torch import nn
 
 from pvera_bench.adapters import is_mergeable, is_stochastic, merge_adapter
 from pvera_bench.backbone import input_spec
-from pvera_bench.config import validate
+from pvera_bench.config import Split, validate
 from pvera_bench.data import load_split, locate_task
 from pvera_bench.data.mnist5k import build_mnist5k
 from pvera_bench.engine import FitResult, Preempted
 from pvera_bench.errors import UserError
-from pvera_bench.evaluation import evaluate
+from pvera_bench.evaluation import Predictions, predict, prediction_metrics
 from pvera_bench.features import TaskInputs
 from pvera_bench.grid import grid_points, with_point
 from pvera_bench.loggers import NullLogger
 from pvera_bench.model import build_model, count_parameters, quirks_in_force
+from pvera_bench.predictions import predictions_path, write_predictions
 from pvera_bench.results import git_state, package_versions, read_result, result_path, write_json
 from pvera_bench.runtime import Normalizer, Runtime, resolve_device
 from pvera_bench.selection import StageFitter, needs_search, search_grid
@@ -52,8 +53,12 @@ class Outcome:
     model: nn.Module
     fitted: FitResult
     grid: list[GridRecord]
-    test: dict[str, float]
+    predictions: dict[str, Predictions]  # test, and val when the tested model never trained on it
     train_wall_s: float
+
+    @property
+    def test(self) -> dict[str, float]:
+        return prediction_metrics(self.predictions["test"])
 
     @property
     def chosen(self) -> GridRecord | None:
@@ -103,17 +108,24 @@ def train_and_test(cfg: DictConfig, fitter: StageFitter) -> Outcome:
     else:
         model, fitted = fitter.new_model(chosen, state.chosen_weights), state.chosen_fit
     train_wall_s = time.perf_counter() - started
-    return Outcome(model, fitted, state.grid, evaluate_on_test(cfg, model, fitter.inputs), train_wall_s)
+    return Outcome(model, fitted, state.grid, predict_for_test(cfg, model, fitter.inputs), train_wall_s)
 
 
-def evaluate_on_test(cfg: DictConfig, model: nn.Module, inputs: TaskInputs) -> dict[str, float]:
-    """Test metrics; mergeable adapters are folded into a copy of the weights first (same predictions, no
-    adapter cost), unless a stochastic adapter is asked to sample at test time."""
+def predict_for_test(cfg: DictConfig, model: nn.Module, inputs: TaskInputs) -> dict[str, Predictions]:
+    """The tested model's predictions, with the test-time sampling, on test and, when the model never trained
+    on it (no retraining), on val: the split that calibration may be fitted on. Mergeable adapters are folded
+    into a copy of the weights first (same predictions, no adapter cost), unless a stochastic adapter samples."""
     samples = cfg.sampling.mode != "mean" and is_stochastic(model)
     if cfg.trainer.merge_for_test and not samples and not cfg.trainer.compile and is_mergeable(model):
         model = merge_adapter(copy.deepcopy(model).eval())
-    network, data, runtime = inputs.for_model(model, "test")
-    return evaluate(network, data, runtime, cfg.trainer.eval_batch_size, cfg.sampling)
+    splits = {"test": Split.test}
+    if cfg.protocol.val_split is not None and cfg.protocol.retrain_split is None:
+        splits = {"val": cfg.protocol.val_split, **splits}
+    predictions = {}
+    for key, split in splits.items():
+        network, data, runtime = inputs.for_model(model, split)
+        predictions[key] = predict(network, data, runtime, cfg.trainer.eval_batch_size, cfg.sampling)
+    return predictions
 
 
 def task_inputs(cfg: DictConfig) -> TaskInputs:
@@ -183,14 +195,17 @@ def execute(cfg: DictConfig, inputs: TaskInputs, path: Path, config: dict, start
         raise UserError(f"run failed: {error} (recorded in {path})") from None
     if cfg.sampling.mode != "mean" and not is_stochastic(outcome.model):
         log.warning("sampling.mode=%s had no effect on the deterministic %s", cfg.sampling.mode, cfg.adapter.name)
+    stored = predictions_path(path)
+    write_predictions(stored, outcome.predictions, {"sampling": cfg.sampling.mode, "n": str(cfg.sampling.n)})
     record = {
         **run_identity(cfg, "success"),
         **outcome_fields(outcome, inputs),
+        "predictions": stored.name,
         "wall_s": time.perf_counter() - started,
         "history": outcome.fitted.history,
         **provenance,
     }
-    write_json(path, record)
+    write_json(path, record)  # last: a result file means its predictions are on disk
     checkpoint.remove()
     logger.finish({k: v for k, v in record.items() if isinstance(v, (int, float, str)) and v is not None})
     return record

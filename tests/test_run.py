@@ -6,9 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import expected_result_path, results
 
 from pvera_bench.errors import UserError
+from pvera_bench.evaluation import prediction_metrics
+from pvera_bench.predictions import predictions_path, read_predictions
 from pvera_bench.run import run
 
 REQUIRED_KEYS = {
@@ -77,6 +80,8 @@ def test_vtab_protocol_trains_on_train800val200_without_validation(demo_config):
     assert record["val_top1"] is None
     assert record["best_epoch"] == record["epochs_run"] == 2
     assert all("val_nll" not in epoch for epoch in record["history"])
+    stored = read_predictions(predictions_path(expected_result_path(demo_config("adapter=linear", "protocol=vtab"))))
+    assert list(stored) == ["test"]  # val200 was trained on: no val predictions to calibrate on
 
 
 def test_early_stopping_stops_after_patience(demo_config):
@@ -92,6 +97,33 @@ def test_early_stopping_stops_after_patience(demo_config):
     )
     assert record["best_epoch"] == 1
     assert record["epochs_run"] == 4
+
+
+def test_predictions_are_stored_and_give_back_the_results_metrics(demo_config, data_root):
+    cfg = demo_config("adapter=pvera", "sampling=mc", "sampling.n=3")
+    record = run(cfg)
+    path = predictions_path(expected_result_path(cfg))
+    assert record["predictions"] == path.name and path.is_file()
+    stored = read_predictions(path)
+    assert list(stored) == ["test", "val"]
+    test, val = stored["test"], stored["val"]
+    assert test.probs.dtype == torch.float32 and test.per_pass.dtype == torch.float16
+    assert test.probs.shape == (4000, 10) and test.per_pass.shape == (3, 4000, 10) and val.probs.shape == (200, 10)
+    metrics = prediction_metrics(test)
+    assert (metrics["top1"], metrics["nll"], metrics["ece"]) == (
+        record["test_top1"],
+        record["test_nll"],
+        record["test_ece"],
+    )
+    assert metrics["predictive_std"] == pytest.approx(record["test_predictive_std"], rel=1e-2)  # float16 passes
+    torch.testing.assert_close(test.per_pass.float().mean(dim=0), test.probs, atol=1e-3, rtol=0)
+
+
+def test_an_unreadable_predictions_file_is_one_line(tmp_path):
+    path = tmp_path / "run.predictions.safetensors"
+    path.write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match=r"run.predictions.safetensors: not a readable predictions file"):
+        read_predictions(path)
 
 
 def test_mc_sampling_records_predictive_std(demo_config):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics.functional.classification import multiclass_calibration_error
 from tqdm import tqdm
 
 from pvera_bench.adapters import sample_latents
@@ -72,19 +73,17 @@ def predict(
     return Predictions(data.labels.cpu(), torch.cat(probs), torch.cat(per_pass, dim=1) if per_pass else None)
 
 
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = ECE_BINS) -> float:
+    """ECE with equal-width confidence bins (torchmetrics, L1)."""
+    return multiclass_calibration_error(probs, labels, num_classes=probs.shape[1], n_bins=n_bins, norm="l1").item()
+
+
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = ECE_BINS) -> dict[str, float]:
     """Top-1 accuracy, negative log-likelihood and expected calibration error (equal-width bins)."""
     labels = labels.cpu()
-    confidence, predicted = probs.max(dim=-1)
-    correct = (predicted == labels).float()
+    correct = (probs.argmax(dim=-1) == labels).float()
     nll = -torch.log(probs.gather(1, labels.unsqueeze(1)).squeeze(1).clamp_min(1e-12)).mean()
-    bins = torch.clamp((confidence * n_bins).ceil().long() - 1, 0, n_bins - 1)
-    ece = torch.zeros(())
-    for b in range(n_bins):
-        in_bin = bins == b
-        if in_bin.any():
-            ece += in_bin.float().mean() * (correct[in_bin].mean() - confidence[in_bin].mean()).abs()
-    return {"top1": correct.mean().item(), "nll": nll.item(), "ece": ece.item()}
+    return {"top1": correct.mean().item(), "nll": nll.item(), "ece": expected_calibration_error(probs, labels, n_bins)}
 
 
 def criterion_loss(probs: torch.Tensor, labels: torch.Tensor, double_softmax: bool) -> float:

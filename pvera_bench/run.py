@@ -39,6 +39,7 @@ from pvera_bench.results import git_state, package_versions, read_result, result
 from pvera_bench.runtime import Normalizer, Runtime, resolve_device
 from pvera_bench.selection import StageFitter, needs_search, search_grid
 from pvera_bench.state import Checkpoint, GridRecord, ensure_writable, exclusive, stop_on_sigterm
+from pvera_bench.uncertainty import uncertainty_metrics
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +223,7 @@ def outcome_fields(outcome: Outcome, inputs: TaskInputs) -> dict[str, Any]:
         "val_nll": chosen.val_nll if chosen else None,
         "val_loss": chosen.val_loss if chosen else None,
         **({"test_predictive_std": test["predictive_std"]} if "predictive_std" in test else {}),
+        "uncertainty": uncertainty_metrics(outcome.predictions),
         **count_parameters(outcome.model),
         "features_cached": inputs.uses_features(outcome.model),
         "grid_point": chosen.point if chosen else {},

@@ -13,6 +13,7 @@ from pvera_bench.errors import UserError
 from pvera_bench.evaluation import prediction_metrics
 from pvera_bench.predictions import predictions_path, read_predictions
 from pvera_bench.run import run
+from pvera_bench.uncertainty import uncertainty_metrics
 
 REQUIRED_KEYS = {
     "status",
@@ -117,6 +118,19 @@ def test_predictions_are_stored_and_give_back_the_results_metrics(demo_config, d
     )
     assert metrics["predictive_std"] == pytest.approx(record["test_predictive_std"], rel=1e-2)  # float16 passes
     torch.testing.assert_close(test.per_pass.float().mean(dim=0), test.probs, atol=1e-3, rtol=0)
+    uncertainty = record["uncertainty"]
+    assert uncertainty["mutual_information"] > 0  # PVeRA's passes disagree
+    assert uncertainty["temperature"] > 0 and uncertainty["ece"] == record["test_ece"]
+    recomputed = uncertainty_metrics(stored)  # from the file alone; MC passes are stored in float16
+    assert recomputed == pytest.approx(uncertainty, rel=1e-2, abs=1e-4)
+    assert {k: recomputed[k] for k in ("brier", "aurc", "augrc", "temperature")} == {
+        k: uncertainty[k] for k in ("brier", "aurc", "augrc", "temperature")
+    }
+
+
+def test_a_deterministic_adapter_under_mc_sampling_has_no_mutual_information(demo_config):
+    record = run(demo_config("adapter=lora", "sampling=mc", "sampling.n=3"))
+    assert record["uncertainty"]["mutual_information"] == pytest.approx(0.0, abs=1e-6)  # identical passes
 
 
 def test_an_unreadable_predictions_file_is_one_line(tmp_path):

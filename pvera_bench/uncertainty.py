@@ -1,0 +1,112 @@
+"""What a run's stored predictions say beyond top-1: calibration, selective prediction, MC disagreement,
+and temperature scaling fitted on val (never test).
+
+Every function reads probabilities, so everything here can be recomputed later from a run's
+predictions file (:mod:`pvera_bench.predictions`) without the model. ECE is torchmetrics'
+(:func:`pvera_bench.evaluation.expected_calibration_error`);
+the others are short, each checked against an independent computation in the tests.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from pvera_bench.evaluation import ECE_BINS, Predictions, expected_calibration_error
+
+EPS = 1e-12
+
+
+def adaptive_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = ECE_BINS) -> float:
+    """ECE with equal-mass bins: images sorted by confidence, split into ``n_bins`` groups of (nearly) equal size."""
+    confidence, predicted = probs.max(dim=-1)
+    correct = (predicted == labels).float()
+    bins = [b for b in confidence.argsort().tensor_split(n_bins) if len(b)]
+    gaps = [len(b) * (correct[b].mean() - confidence[b].mean()).abs() for b in bins]
+    return (torch.stack(gaps).sum() / len(labels)).item()
+
+
+def brier_score(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean over images of the squared distance between the probabilities and the one-hot label."""
+    return (probs - F.one_hot(labels, probs.shape[1]).to(probs.dtype)).square().sum(dim=1).mean().item()
+
+
+def selective_risks(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Areas under the risk-coverage curve when the most confident images are accepted first.
+
+    AURC averages the error rate among the k accepted images over k = 1..N; AUGRC (Traub et al., 2024)
+    averages the errors among them counted over all N images (the generalized risk).
+    """
+    confidence, predicted = probs.max(dim=-1)
+    errors = (predicted != labels).float()[confidence.argsort(descending=True, stable=True)].cumsum(0)
+    accepted = torch.arange(1, len(labels) + 1, dtype=errors.dtype)
+    return {"aurc": (errors / accepted).mean().item(), "augrc": (errors / len(labels)).mean().item()}
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    return -(probs * probs.clamp_min(EPS).log()).sum(dim=-1)
+
+
+def mc_disagreement(per_pass: torch.Tensor) -> dict[str, float]:
+    """Predictive entropy H[E p], expected entropy E H[p] and their difference, the mutual information."""
+    per_pass = per_pass.float()
+    predictive, expected = entropy(per_pass.mean(dim=0)), entropy(per_pass).mean(dim=0)
+    return {
+        "predictive_entropy": predictive.mean().item(),
+        "expected_entropy": expected.mean().item(),
+        "mutual_information": (predictive - expected).clamp_min(0).mean().item(),
+    }
+
+
+def fit_temperature(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """The temperature T minimising the NLL of ``softmax(log p / T)`` on these predictions (LBFGS on log T)."""
+    log_probs = probs.clamp_min(EPS).log()
+    log_t = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(log_probs / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return math.exp(log_t.item())
+
+
+def scaled(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    return (probs.clamp_min(EPS).log() / temperature).softmax(dim=-1)
+
+
+def nll(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    return F.nll_loss(probs.clamp_min(EPS).log(), labels).item()
+
+
+def uncertainty_metrics(predictions: dict[str, Predictions]) -> dict[str, float]:
+    """The test split's calibration, selective-prediction and (MC) disagreement metrics, and temperature scaling
+    fitted on the val split when the run has val predictions."""
+    test = predictions["test"]
+    probs, labels = test.probs.float(), test.labels
+    metrics = {
+        "brier": brier_score(probs, labels),
+        "ece": expected_calibration_error(probs, labels),
+        "adaptive_ece": adaptive_calibration_error(probs, labels),
+        **selective_risks(probs, labels),
+    }
+    if test.per_pass is not None:
+        metrics.update(mc_disagreement(test.per_pass))
+    if "val" in predictions:
+        val = predictions["val"]
+        temperature = fit_temperature(val.probs.float(), val.labels)
+        calibrated = scaled(probs, temperature)
+        metrics.update(
+            {
+                "temperature": temperature,
+                "nll_before_scaling": nll(probs, labels),
+                "nll_after_scaling": nll(calibrated, labels),
+                "ece_after_scaling": expected_calibration_error(calibrated, labels),
+            }
+        )
+    return metrics

@@ -17,6 +17,7 @@ from pvera_bench.data import SplitData
 from pvera_bench.runtime import Runtime, autocast, batches
 
 ECE_BINS = 15
+EPS = 1e-12  # probabilities are clamped to it before a log
 
 
 @dataclass
@@ -78,19 +79,26 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins
     return multiclass_calibration_error(probs, labels, num_classes=probs.shape[1], n_bins=n_bins, norm="l1").item()
 
 
+def nll(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean negative log-likelihood of the true class."""
+    return F.nll_loss(probs.clamp_min(EPS).log(), labels.cpu()).item()
+
+
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = ECE_BINS) -> dict[str, float]:
     """Top-1 accuracy, negative log-likelihood and expected calibration error (equal-width bins)."""
     labels = labels.cpu()
     correct = (probs.argmax(dim=-1) == labels).float()
-    nll = -torch.log(probs.gather(1, labels.unsqueeze(1)).squeeze(1).clamp_min(1e-12)).mean()
-    return {"top1": correct.mean().item(), "nll": nll.item(), "ece": expected_calibration_error(probs, labels, n_bins)}
+    return {
+        "top1": correct.mean().item(),
+        "nll": nll(probs, labels),
+        "ece": expected_calibration_error(probs, labels, n_bins),
+    }
 
 
 def criterion_loss(probs: torch.Tensor, labels: torch.Tensor, double_softmax: bool) -> float:
     """The training criterion on predicted probabilities: the NLL, or with the double-softmax quirk the
     cross-entropy of the probabilities taken as logits (the official code's val loss)."""
-    scores = probs if double_softmax else probs.clamp_min(1e-12).log()
-    return F.cross_entropy(scores, labels.cpu()).item()
+    return F.cross_entropy(probs, labels.cpu()).item() if double_softmax else nll(probs, labels)
 
 
 def prediction_metrics(predictions: Predictions, double_softmax: bool = False) -> dict[str, float]:

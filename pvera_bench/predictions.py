@@ -8,7 +8,6 @@ metrics read these files; nothing is retrained.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -35,8 +34,7 @@ def write_predictions(path: Path, splits: dict[str, Predictions], metadata: dict
         tensors[f"{split}/probs"] = predictions.probs.float().contiguous()
         if predictions.per_pass is not None:
             tensors[f"{split}/per_pass"] = predictions.per_pass.half().contiguous()
-    header = {"splits": json.dumps(sorted(splits)), **metadata}
-    write_atomically(path, save(tensors, metadata=header))
+    write_atomically(path, save(tensors, metadata=metadata))
 
 
 def read_predictions(path: Path) -> dict[str, Predictions]:

@@ -14,9 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from pvera_bench.evaluation import ECE_BINS, Predictions, expected_calibration_error
-
-EPS = 1e-12
+from pvera_bench.evaluation import ECE_BINS, EPS, Predictions, expected_calibration_error, nll
 
 
 def adaptive_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = ECE_BINS) -> float:
@@ -78,10 +76,6 @@ def fit_temperature(probs: torch.Tensor, labels: torch.Tensor) -> float:
 
 def scaled(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     return (probs.clamp_min(EPS).log() / temperature).softmax(dim=-1)
-
-
-def nll(probs: torch.Tensor, labels: torch.Tensor) -> float:
-    return F.nll_loss(probs.clamp_min(EPS).log(), labels).item()
 
 
 def uncertainty_metrics(predictions: dict[str, Predictions]) -> dict[str, float]:

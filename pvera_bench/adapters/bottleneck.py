@@ -56,9 +56,10 @@ class SerialAdapter(nn.Module):
         self.bottleneck_up = nn.Linear(config.hidden_dim, dim)
         self.activation = ACTIVATIONS[config.activation]()
         std = config.init_std
-        for layer in (self.bottleneck_down, self.bottleneck_up) if std is not None else ():
-            nn.init.trunc_normal_(layer.weight, std=std, a=-2 * std, b=2 * std)
-            nn.init.zeros_(layer.bias)
+        if std is not None:  # else nn.Linear's own initialisation (the official code's)
+            for layer in (self.bottleneck_down, self.bottleneck_up):
+                nn.init.trunc_normal_(layer.weight, std=std, a=-2 * std, b=2 * std)
+                nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         y = self.base_layer(x, *args, **kwargs)

@@ -5,10 +5,10 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev demo demo-sampling test lint table reproduce bench clean
+.PHONY: help install install-dev demo demo-sampling demo-uncertainty test lint table reproduce bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-17s %s\n", $$1, $$2}'
 
 $(VENV)/.install-base: pyproject.toml requirements/constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
@@ -32,6 +32,12 @@ demo-sampling: install  ## PVeRA on mnist5k with each test-time sampling mode (m
 	$(PY) -m pvera_bench --multirun experiment=demo adapter=pvera sampling=mean,fixed,random,mc,mc_layer sampling.n=10 \
 		trainer.progress=false
 	$(PY) -m pvera_bench.table --print --backbone tiny --dataset mnist5k
+
+demo-uncertainty: install  ## mnist5k, 2 seeds: PVeRA (10 MC passes) vs LoRA and VeRA with MC dropout -> calibration table, plots
+	$(PY) -m pvera_bench --multirun experiment=demo adapter=pvera sampling=mc sampling.n=10 seed=0,1 trainer.progress=false
+	$(PY) -m pvera_bench --multirun experiment=demo adapter=lora,vera adapter.dropout=0.1 sampling=mc sampling.n=10 \
+		seed=0,1 trainer.progress=false
+	$(PY) -m pvera_bench.table --plot-task mnist5k
 
 test: install-dev  ## the test suite
 	$(PY) -m pytest

@@ -235,6 +235,36 @@ class DataConfig:
 
 
 @dataclass
+class OodConfig:
+    """Out-of-distribution detection: after its test, the run's model also predicts the test images of other
+    tasks (resized to its input), and the result reports how well its confidence separates the two.
+
+    ``tasks`` names dataset options (``svhn``) or folders, or ``near`` (the other tasks of the run's VTAB-1k
+    group) and ``far`` (the tasks of the other groups); empty: no OOD pass.
+    """
+
+    tasks: list[str] = field(default_factory=list)
+    max_images: int = 500  # per OOD task: a fixed random subset of its test split, the same for every run
+
+    def __post_init__(self) -> None:
+        require(self.max_images >= 1, f"ood.max_images={self.max_images} must be >= 1")
+
+
+@dataclass
+class ConformalConfig:
+    """Split conformal prediction calibrated on val200 (LAC, APS, RAPS); see :mod:`pvera_bench.conformal`."""
+
+    miscoverage: float = 0.1  # alpha: the sets should contain the true class of 1 - alpha of the test images
+    raps_lambda: float = 0.01  # RAPS's penalty per class ranked beyond raps_k_reg
+    raps_k_reg: int = 1
+
+    def __post_init__(self) -> None:
+        require(0 < self.miscoverage < 1, f"conformal.miscoverage={self.miscoverage} must be in (0, 1)")
+        require(self.raps_lambda >= 0, f"conformal.raps_lambda={self.raps_lambda} must be >= 0")
+        require(self.raps_k_reg >= 0, f"conformal.raps_k_reg={self.raps_k_reg} must be >= 0")
+
+
+@dataclass
 class PathsConfig:
     results: str = "results/runs"  # one JSON per run, see results/README.md
 
@@ -252,6 +282,8 @@ class RunConfig:
     grid: dict[str, Any] = field(default_factory=dict)  # adapter name -> {config key: [values]}
     logger: Any = None  # _target_ of a pvera_bench.loggers class and its arguments
     quirks: QuirksConfig = field(default_factory=QuirksConfig)
+    ood: OodConfig = field(default_factory=OodConfig)
+    conformal: ConformalConfig = field(default_factory=ConformalConfig)
     data: DataConfig = field(default_factory=DataConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 0
@@ -277,6 +309,10 @@ class RunConfig:
             "quirks.joint_early_stopping needs protocol.early_stopping=true and protocol.select_metric=nll "
             "(the official code's selection); use protocol=pvera",
         )
+        if self.ood.tasks:
+            from pvera_bench.data.tasks import ood_tasks
+
+            ood_tasks(self.ood, self.dataset)  # a bad task name fails here, before anything is built
 
     def check_grid_point(self, point: Mapping[str, Any]) -> None:
         """Every key of a grid point is a config key, and the adapter it gives is a valid one."""
@@ -334,6 +370,7 @@ def register_configs() -> None:
         ("sampling", SamplingConfig),
         ("protocol", ProtocolConfig),
         ("trainer", TrainerConfig),
+        ("ood", OodConfig),
     ]:
         cs.store(group=f"schema/{group}", name="base", node=node)
     for name, spec in ADAPTERS.items():

@@ -11,13 +11,25 @@ from torch import nn
 from torchmetrics.functional.classification import multiclass_calibration_error
 from tqdm import tqdm
 
-from pvera_bench.adapters import sample_latents
+from pvera_bench.adapters import mc_dropout, sample_latents
 from pvera_bench.config import SamplingConfig
 from pvera_bench.data import SplitData
 from pvera_bench.runtime import Runtime, autocast, batches
 
 ECE_BINS = 15
 EPS = 1e-12  # probabilities are clamped to it before a log
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of each row of probabilities."""
+    return -torch.special.xlogy(probs, probs).sum(dim=-1)
+
+
+def mutual_information(per_pass: torch.Tensor) -> torch.Tensor:
+    """Per image, over MC passes ``(n, N, C)``: entropy of the mean prediction minus the mean entropy, i.e. the
+    information between the prediction and the random draw (0 when every pass agrees)."""
+    per_pass = per_pass.float()
+    return (entropy(per_pass.mean(dim=0)) - entropy(per_pass).mean(dim=0)).clamp_min(0)
 
 
 @dataclass
@@ -49,16 +61,16 @@ def predict(
 ) -> Predictions:
     """Class probabilities for every image (float32, CPU), and every pass's in ``mc`` mode.
 
-    In ``mc`` mode each batch goes through the model ``sampling.n`` times with a fresh latent
-    draw per pass and the probabilities are averaged. In ``mc_layer`` mode one pass is made and
-    every stochastic layer averages ``sampling.n`` latent draws.
+    In ``mc`` mode each batch goes through the model ``sampling.n`` times, with a fresh latent draw and the
+    adapters' dropout on (MC dropout) in every pass, and the probabilities are averaged. In ``mc_layer`` mode
+    one pass is made and every stochastic layer averages ``sampling.n`` latent draws.
     """
     model.eval()
     passes = sampling.n if sampling.mode == "mc" else 1
     probs, per_pass = [], []
     bar = tqdm(total=len(data), desc="eval", disable=not runtime.progress or len(data) < 5000, leave=False)
     latent = "random" if sampling.mode == "mc" else sampling.mode
-    with sample_latents(model, latent, sampling.n):
+    with sample_latents(model, latent, sampling.n), mc_dropout(model, active=sampling.mode == "mc"):
         for images, _ in batches(data, batch_size, runtime.device):
             inputs = runtime.normalize(images)
             samples = []

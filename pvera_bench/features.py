@@ -7,7 +7,7 @@ trained and evaluated on them: the same numbers as the image path, at a fraction
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 import torch
@@ -46,16 +46,21 @@ class TaskInputs:
     """Each split of a task loaded once and placed on the device, and its backbone features once computed.
 
     Args:
-        load: reads a split by name (uint8 images and labels).
+        loaders: by split name, what reads the split (uint8 images and labels): the task's own splits, and
+            the OOD sets (``ood-<task>``).
         runtime: the device, normalisation and precision of the image path.
         eval_batch_size: batch size of the feature pass.
         cache_features: whether a model that trains only its head runs on cached features.
     """
 
     def __init__(
-        self, load: Callable[[str], SplitData], runtime: Runtime, eval_batch_size: int, cache_features: bool
+        self,
+        loaders: Mapping[str, Callable[[], SplitData]],
+        runtime: Runtime,
+        eval_batch_size: int,
+        cache_features: bool,
     ) -> None:
-        self.load = load
+        self.loaders = loaders
         self.runtime = runtime
         self.eval_batch_size = eval_batch_size
         self.cache_features = cache_features
@@ -65,7 +70,7 @@ class TaskInputs:
     def split(self, name: str) -> SplitData:
         """The images and labels of a split, on the device."""
         if name not in self.images:
-            self.images[name] = place_split(self.load(name), self.runtime.device)
+            self.images[name] = place_split(self.loaders[name](), self.runtime.device)
         return self.images[name]
 
     def uses_features(self, model: nn.Module) -> bool:

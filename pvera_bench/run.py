@@ -22,11 +22,12 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from pvera_bench.adapters import is_mergeable, is_stochastic, merge_adapter
+from pvera_bench.adapters import is_mergeable, merge_adapter, samples_at_test
 from pvera_bench.backbone import input_spec
-from pvera_bench.config import Split, validate
+from pvera_bench.config import ConformalConfig, Split, validate
 from pvera_bench.data import load_split, locate_task
 from pvera_bench.data.mnist5k import build_mnist5k
+from pvera_bench.data.tasks import ood_tasks
 from pvera_bench.engine import FitResult, Preempted
 from pvera_bench.errors import UserError
 from pvera_bench.evaluation import Predictions, predict, prediction_metrics
@@ -34,6 +35,7 @@ from pvera_bench.features import TaskInputs
 from pvera_bench.grid import grid_points, with_point
 from pvera_bench.loggers import NullLogger
 from pvera_bench.model import build_model, count_parameters, quirks_in_force
+from pvera_bench.ood import is_ood_key, ood_key
 from pvera_bench.predictions import predictions_path, write_predictions
 from pvera_bench.results import git_state, package_versions, read_result, result_path, write_json
 from pvera_bench.runtime import Normalizer, Runtime, resolve_device
@@ -113,15 +115,21 @@ def train_and_test(cfg: DictConfig, fitter: StageFitter) -> Outcome:
 
 
 def predict_for_test(cfg: DictConfig, model: nn.Module, inputs: TaskInputs) -> dict[str, Predictions]:
-    """The tested model's predictions, with the test-time sampling, on test and, when the model never trained
-    on it (no retraining), on val: the split that calibration may be fitted on. Mergeable adapters are folded
-    into a copy of the weights first (same predictions, no adapter cost), unless a stochastic adapter samples."""
-    samples = cfg.sampling.mode != "mean" and is_stochastic(model)
-    if cfg.trainer.merge_for_test and not samples and not cfg.trainer.compile and is_mergeable(model):
+    """The tested model's predictions, with the test-time sampling, on test, on each OOD set, and, when the model
+    never trained on it (no retraining), on val: the split that calibration may be fitted on. Mergeable adapters
+    are folded into a copy of the weights first (same predictions, no adapter cost), unless the predictions
+    sample."""
+    if (
+        cfg.trainer.merge_for_test
+        and not samples_at_test(model, cfg.sampling.mode)
+        and not cfg.trainer.compile
+        and is_mergeable(model)
+    ):
         model = merge_adapter(copy.deepcopy(model).eval())
     splits = {"test": Split.test}
     if cfg.protocol.val_split is not None and cfg.protocol.retrain_split is None:
         splits = {"val": cfg.protocol.val_split, **splits}
+    splits |= {key: key for key in inputs.loaders if is_ood_key(key)}
     predictions = {}
     for key, split in splits.items():
         network, data, runtime = inputs.for_model(model, split)
@@ -130,25 +138,31 @@ def predict_for_test(cfg: DictConfig, model: nn.Module, inputs: TaskInputs) -> d
 
 
 def task_inputs(cfg: DictConfig) -> TaskInputs:
-    """The task's splits as the run will read them; fails first if the device, task or adapter is wrong."""
+    """The task's splits (and OOD sets) as the run will read them; fails first if the device, a task folder or
+    the adapter is wrong."""
     device = resolve_device(cfg.trainer.device)
-    task_dir = locate_task(Path(to_absolute_path(cfg.data.root)), cfg.dataset.name, OFFLINE_BUILDERS)
+    root = Path(to_absolute_path(cfg.data.root))
+    task_dir = locate_task(root, cfg.dataset.name, OFFLINE_BUILDERS)
     try:
         spec = input_spec(build_model(cfg))  # also checks the adapter against the backbone's layers
     except ValueError as error:
         raise UserError(f"adapter={cfg.adapter.name}: {error}") from None
     load = functools.partial(
         load_split,
-        task_dir,
-        num_classes=cfg.dataset.num_classes,
         size=spec["size"],
         interpolation="bilinear" if cfg.quirks.bilinear_resize else spec["interpolation"],
         workers=cfg.data.decode_workers,
         progress=cfg.trainer.progress,
         cache=cfg.data.cache,
     )
+    loaders = {split: functools.partial(load, task_dir, split, cfg.dataset.num_classes) for split in Split}
+    for task in ood_tasks(cfg.ood, cfg.dataset):
+        ood_dir = locate_task(root, task.name, OFFLINE_BUILDERS)
+        loaders[ood_key(task.name)] = functools.partial(
+            load, ood_dir, Split.test, task.num_classes, limit=cfg.ood.max_images
+        )
     runtime = Runtime(device, Normalizer(spec["mean"], spec["std"]).to(device), cfg.trainer.bf16, cfg.trainer.progress)
-    return TaskInputs(load, runtime, cfg.trainer.eval_batch_size, cfg.trainer.cache_features)
+    return TaskInputs(loaders, runtime, cfg.trainer.eval_batch_size, cfg.trainer.cache_features)
 
 
 def run_identity(cfg: DictConfig, status: str) -> dict[str, Any]:
@@ -194,13 +208,18 @@ def execute(cfg: DictConfig, inputs: TaskInputs, path: Path, config: dict, start
         checkpoint.remove()
         logger.finish({"status": "failed"})
         raise UserError(f"run failed: {error} (recorded in {path})") from None
-    if cfg.sampling.mode != "mean" and not is_stochastic(outcome.model):
-        log.warning("sampling.mode=%s had no effect on the deterministic %s", cfg.sampling.mode, cfg.adapter.name)
+    if cfg.sampling.mode != "mean" and not samples_at_test(outcome.model, cfg.sampling.mode):
+        log.warning(
+            "sampling.mode=%s had no effect: %s has no latent to sample%s",
+            cfg.sampling.mode,
+            cfg.adapter.name,
+            " and no adapter.dropout for MC dropout" if cfg.sampling.mode == "mc" else "",
+        )
     stored = predictions_path(path)
     write_predictions(stored, outcome.predictions, {"sampling": cfg.sampling.mode, "n": str(cfg.sampling.n)})
     record = {
         **run_identity(cfg, "success"),
-        **outcome_fields(outcome, inputs),
+        **outcome_fields(outcome, inputs, OmegaConf.to_object(cfg.conformal)),
         "predictions": stored.name,
         "wall_s": time.perf_counter() - started,
         "history": outcome.fitted.history,
@@ -212,8 +231,9 @@ def execute(cfg: DictConfig, inputs: TaskInputs, path: Path, config: dict, start
     return record
 
 
-def outcome_fields(outcome: Outcome, inputs: TaskInputs) -> dict[str, Any]:
-    """The result's numbers: test and val metrics, parameter counts, the grid, and how the training went."""
+def outcome_fields(outcome: Outcome, inputs: TaskInputs, conformal: ConformalConfig) -> dict[str, Any]:
+    """The result's numbers: test and val metrics, what the predictions say beyond top-1, parameter counts,
+    the grid, and how the training went."""
     test, fitted, chosen, device = outcome.test, outcome.fitted, outcome.chosen, inputs.runtime.device
     return {
         "test_top1": test["top1"],
@@ -223,7 +243,7 @@ def outcome_fields(outcome: Outcome, inputs: TaskInputs) -> dict[str, Any]:
         "val_nll": chosen.val_nll if chosen else None,
         "val_loss": chosen.val_loss if chosen else None,
         **({"test_predictive_std": test["predictive_std"]} if "predictive_std" in test else {}),
-        "uncertainty": uncertainty_metrics(outcome.predictions),
+        "uncertainty": uncertainty_metrics(outcome.predictions, conformal),
         **count_parameters(outcome.model),
         "features_cached": inputs.uses_features(outcome.model),
         "grid_point": chosen.point if chosen else {},

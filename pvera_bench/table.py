@@ -39,6 +39,7 @@ RUN_COLUMNS = (  # what each result file contributes to the tables, and the colu
 PAPER_QUIRKS = {f.name for f in fields(QuirksConfig) if f.name not in ADAPTER_QUIRKS}
 PAPER_SETUP = "official convention · official code's quirks (experiment=pvera_paper)"
 PAPER_PROTOCOL = "PVeRA code"  # published rows whose protocol starts so sit beside the paper-setup runs
+METHOD_KEYS = ["backbone", "protocol", "setup", "adapter", "sampling", "variant"]  # a row of the tables
 
 
 LONG_CSV_COLUMNS = ("backbone", "protocol", "method", "source", "seeds", "params_m", "task", "top1", "std")
@@ -117,17 +118,22 @@ def summarise(per_task: dict[str, float]) -> dict[str, float]:
     return summary
 
 
+def method_labels(done: pd.DataFrame) -> pd.Series:
+    """Per run, its method's row label: the adapter, its sampling mode unless ``mean``, and the config digest
+    where one (backbone, protocol, setup, adapter, sampling) ran under several configurations."""
+    variants = done.groupby(METHOD_KEYS[:5]).variant.transform("nunique")
+    labels = done.adapter + done.sampling.map(lambda mode: "" if mode == "mean" else f" ({mode})")
+    return labels + (" [" + done.variant + "]").where(variants > 1, "")
+
+
 def our_rows(frame: pd.DataFrame) -> list[dict]:
     """One row per method (backbone, protocol, setup, adapter, sampling, variant): per-task mean ± std in %."""
     done = frame[(frame.status == "success") & frame.dataset.isin(folders())]
+    done = done.assign(label=method_labels(done))
     rows = []
-    keys = ["backbone", "protocol", "setup", "adapter", "sampling", "variant"]
-    ambiguous = done.groupby(keys[:5]).variant.nunique()
-    for key, runs in done.groupby(keys, sort=True):
-        backbone, protocol, setup, adapter, sampling, variant = key
-        label = adapter + ("" if sampling == "mean" else f" ({sampling})")
-        if ambiguous[key[:5]] > 1:
-            label += f" [{variant}]"
+    for key, runs in done.groupby(METHOD_KEYS, sort=True):
+        backbone, protocol, setup, _, _, _ = key
+        label = runs.label.iloc[0]
         stats = runs.groupby("dataset").test_top1.agg(["mean", "std", "count"])
         per_task = {d: 100 * stats.loc[d, "mean"] for d in stats.index}
         rows.append(
@@ -283,8 +289,11 @@ def to_markdown(frame: pd.DataFrame, float_format: str = "{:.4f}") -> str:
     return "\n".join(lines)
 
 
-def write_tables(runs_dir: Path, out_dir: Path) -> list[Path]:
-    """Write the four table files; returns their paths."""
+def write_tables(runs_dir: Path, out_dir: Path, plot_tasks: list[str] | None = None) -> list[Path]:
+    """Write the four table files, then the calibration table and figures (:mod:`pvera_bench.calibration`);
+    returns their paths."""
+    from pvera_bench.calibration import write_calibration  # imports this module
+
     frame = load_results(runs_dir)
     rows = our_rows(frame)
     rows = rows + reference_rows(rows)
@@ -303,7 +312,7 @@ def write_tables(runs_dir: Path, out_dir: Path) -> list[Path]:
     long_csv(rows).to_csv(paths[1], index=False)
     paths[2].write_text(latex(rows))
     accuracy_vs_params([row for row in rows if row["source"].startswith("pvera_bench")], paths[3])
-    return paths
+    return paths + write_calibration(frame, out_dir, plot_tasks)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -313,6 +322,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--print", action="store_true", help="print one row per run instead of writing tables")
     parser.add_argument("--backbone", help="with --print: keep only this backbone id")
     parser.add_argument("--dataset", help="with --print: keep only this dataset (folder name, as in result paths)")
+    parser.add_argument(
+        "--plot-task",
+        action="append",
+        help="draw the reliability and risk-coverage figures of this task only (repeatable; default: every task "
+        "with stored predictions)",
+    )
     args = parser.parse_args(argv)
     if not args.runs.is_dir():
         raise UserError(f"{args.runs} does not exist; run some experiments first (see README)")
@@ -325,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"no result files under {args.runs} match")
         print(to_markdown(frame[RUN_COLUMNS].sort_values(["dataset", "adapter", "seed"])))
         return
-    for path in write_tables(args.runs, args.out):
+    for path in write_tables(args.runs, args.out, args.plot_task):
         print(f"wrote {path}")
 
 

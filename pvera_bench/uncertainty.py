@@ -14,7 +14,18 @@ import math
 import torch
 import torch.nn.functional as F
 
-from pvera_bench.evaluation import ECE_BINS, EPS, Predictions, expected_calibration_error, nll
+from pvera_bench.config import ConformalConfig
+from pvera_bench.conformal import conformal_metrics
+from pvera_bench.evaluation import (
+    ECE_BINS,
+    EPS,
+    Predictions,
+    entropy,
+    expected_calibration_error,
+    mutual_information,
+    nll,
+)
+from pvera_bench.ood import ood_metrics
 
 
 def adaptive_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = ECE_BINS) -> float:
@@ -31,30 +42,32 @@ def brier_score(probs: torch.Tensor, labels: torch.Tensor) -> float:
     return (probs - F.one_hot(labels, probs.shape[1]).to(probs.dtype)).square().sum(dim=1).mean().item()
 
 
+def risk_coverage_curve(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coverage k/N and selective risk (the error rate among the k accepted) for k = 1..N, the most confident
+    images accepted first."""
+    confidence, predicted = probs.max(dim=-1)
+    errors = (predicted != labels).float()[confidence.argsort(descending=True, stable=True)].cumsum(0)
+    accepted = torch.arange(1, len(labels) + 1, dtype=errors.dtype)
+    return accepted / len(labels), errors / accepted
+
+
 def selective_risks(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Areas under the risk-coverage curve when the most confident images are accepted first.
 
     AURC averages the error rate among the k accepted images over k = 1..N; AUGRC (Traub et al., 2024)
     averages the errors among them counted over all N images (the generalized risk).
     """
-    confidence, predicted = probs.max(dim=-1)
-    errors = (predicted != labels).float()[confidence.argsort(descending=True, stable=True)].cumsum(0)
-    accepted = torch.arange(1, len(labels) + 1, dtype=errors.dtype)
-    return {"aurc": (errors / accepted).mean().item(), "augrc": (errors / len(labels)).mean().item()}
-
-
-def entropy(probs: torch.Tensor) -> torch.Tensor:
-    return -(probs * probs.clamp_min(EPS).log()).sum(dim=-1)
+    coverage, risk = risk_coverage_curve(probs, labels)
+    return {"aurc": risk.mean().item(), "augrc": (risk * coverage).mean().item()}
 
 
 def mc_disagreement(per_pass: torch.Tensor) -> dict[str, float]:
     """Predictive entropy H[E p], expected entropy E H[p] and their difference, the mutual information."""
     per_pass = per_pass.float()
-    predictive, expected = entropy(per_pass.mean(dim=0)), entropy(per_pass).mean(dim=0)
     return {
-        "predictive_entropy": predictive.mean().item(),
-        "expected_entropy": expected.mean().item(),
-        "mutual_information": (predictive - expected).clamp_min(0).mean().item(),
+        "predictive_entropy": entropy(per_pass.mean(dim=0)).mean().item(),
+        "expected_entropy": entropy(per_pass).mean().item(),
+        "mutual_information": mutual_information(per_pass).mean().item(),
     }
 
 
@@ -78,9 +91,10 @@ def scaled(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     return (probs.clamp_min(EPS).log() / temperature).softmax(dim=-1)
 
 
-def uncertainty_metrics(predictions: dict[str, Predictions]) -> dict[str, float]:
-    """The test split's calibration, selective-prediction and (MC) disagreement metrics, and temperature scaling
-    fitted on the val split when the run has val predictions."""
+def uncertainty_metrics(predictions: dict[str, Predictions], conformal: ConformalConfig | None = None) -> dict:
+    """The test split's calibration, selective-prediction and (MC) disagreement metrics; when the run has val
+    predictions, temperature scaling and conformal sets calibrated on val; when it has OOD sets, OOD detection."""
+    conformal = conformal or ConformalConfig()
     test = predictions["test"]
     probs, labels = test.probs.float(), test.labels
     metrics = {
@@ -101,6 +115,9 @@ def uncertainty_metrics(predictions: dict[str, Predictions]) -> dict[str, float]
                 "nll_before_scaling": nll(probs, labels),
                 "nll_after_scaling": nll(calibrated, labels),
                 "ece_after_scaling": expected_calibration_error(calibrated, labels),
+                "conformal": conformal_metrics(val, test, conformal),
             }
         )
+    if ood := ood_metrics(predictions):
+        metrics["ood"] = ood
     return metrics

@@ -9,14 +9,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import perturb, tiny_vit
+from torch import nn
 
 from pvera_bench.adapters import (
     ADAPTERS,
     adapter_loss,
     adapter_parameters,
     apply_adapter,
+    mc_dropout,
     merge_adapter,
     sample_latents,
+    samples_at_test,
 )
 from pvera_bench.adapters.base import Convention, spread_slices, take_slices
 from pvera_bench.adapters.vera import VeraConfig
@@ -344,3 +347,21 @@ def test_apply_adapter_rejects_bad_input():
         apply_adapter(tiny_vit(), "vera", qkv_slices=["q", "x"])
     with pytest.raises(TypeError, match="unexpected keyword argument 'rank'"):
         apply_adapter(tiny_vit(), "lora", rank=4)
+
+
+@pytest.mark.parametrize("name", ["lora", "vera", "pvera"])
+def test_mc_dropout_turns_on_only_the_adapters_dropout_and_restores_it(name):
+    model = apply_adapter(tiny_vit(drop_rate=0.5), name, dropout=0.5).eval()
+    perturb(model)
+    x = torch.randn(2, 3, 32, 32)
+    assert samples_at_test(model, "mc") and samples_at_test(model, "random") == (name == "pvera")
+    with torch.no_grad():
+        reference = model(x)
+        with mc_dropout(model, active=True):
+            dropped = [m for m in model.modules() if isinstance(m, nn.Dropout) and m.training]
+            assert len(dropped) == len(model.blocks)  # one per adapted qkv; the head's dropout stays off
+            assert not torch.equal(model(x), reference)
+        with mc_dropout(model, active=False):
+            assert torch.equal(model(x), reference)
+    assert not any(m.training for m in model.modules())
+    assert samples_at_test(apply_adapter(tiny_vit(), name), "mc") == (name == "pvera")  # no dropout: only latents

@@ -95,6 +95,7 @@ def test_help_names_the_app_its_commands_and_only_the_user_facing_groups():
         "protocol",
         "grid",
         "trainer",
+        "ood",
         "logger",
         "experiment",
     ]

@@ -50,6 +50,12 @@ def test_joblib_sweep_writes_8_results_tables_and_a_rerun_skips_them_all(mock_ro
     assert table.returncode == 0, table.stderr
     assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == [
         "accuracy_vs_params.png",
+        "calibration.csv",
+        "calibration.md",
+        "reliability_tiny_kitti.png",
+        "reliability_tiny_mnist5k.png",
+        "risk_coverage_tiny_kitti.png",
+        "risk_coverage_tiny_mnist5k.png",
         "vtab1k.csv",
         "vtab1k.md",
         "vtab1k.tex",

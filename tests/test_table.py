@@ -128,11 +128,12 @@ def test_paper_rows_sit_in_the_table_of_a_mock_pvera_paper_sweep(tmp_path):
     assert "62.0 ± 0.0" in plain_table and "published" not in plain_table  # the quirk-free runs have no paper rows
 
 
-def test_writes_four_files_and_latex_is_a_tabular(tmp_path, runs, capsys):
+def test_writes_the_tables_and_latex_is_a_tabular(tmp_path, runs, capsys):
     main(["--runs", str(runs), "--out", str(tmp_path / "tables")])
     written = capsys.readouterr().out.splitlines()
     names = sorted(p.name for p in (tmp_path / "tables").iterdir())
-    assert names == ["accuracy_vs_params.png", "vtab1k.csv", "vtab1k.md", "vtab1k.tex"] and len(written) == 4
+    tables = ["accuracy_vs_params.png", "calibration.csv", "calibration.md", "vtab1k.csv", "vtab1k.md", "vtab1k.tex"]
+    assert names == tables and len(written) == 6  # no predictions files: no calibration figures
     assert (tmp_path / "tables" / "accuracy_vs_params.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     tex = (tmp_path / "tables" / "vtab1k.tex").read_text()
     assert tex.count("\\begin{tabular}") == tex.count("\\end{tabular}") >= 1 and "lora" in tex
@@ -161,7 +162,7 @@ def test_demo_results_alone_make_tables_with_an_other_tasks_section(tmp_path, ca
     for seed, adapter in enumerate(["linear", "lora", "vera", "pvera"]):
         write_run(tmp_path / "runs", adapter, "mnist5k", 0, 0.7 + seed / 100, backbone="tiny")
     main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "tables")])
-    assert len(capsys.readouterr().out.splitlines()) == 4
+    assert len(capsys.readouterr().out.splitlines()) == 6
     markdown = (tmp_path / "tables" / "vtab1k.md").read_text()
     assert "No results on the 19 VTAB-1k tasks yet." in markdown
     other = markdown.split("## Other tasks")[1].split("## Failed runs")[0]

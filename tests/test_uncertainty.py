@@ -14,6 +14,7 @@ from pvera_bench.uncertainty import (
     brier_score,
     fit_temperature,
     mc_disagreement,
+    risk_coverage_curve,
     selective_risks,
     uncertainty_metrics,
 )
@@ -39,6 +40,9 @@ def test_selective_risks_by_hand():
     risks = selective_risks(PROBS, LABELS)
     assert risks["aurc"] == pytest.approx((0 + 0 + 0 + 1 / 4) / 4)
     assert risks["augrc"] == pytest.approx((0 + 0 + 0 + 1 / 4) / 4)
+    coverage, risk = risk_coverage_curve(PROBS, LABELS)
+    torch.testing.assert_close(coverage, torch.tensor([1 / 4, 2 / 4, 3 / 4, 1.0]))
+    torch.testing.assert_close(risk, torch.tensor([0, 0, 0, 1 / 4]))
     flipped = selective_risks(PROBS, torch.tensor([1, 0, 1, 1]))  # the most confident is now the wrong one
     assert flipped["aurc"] == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 4) / 4)
     assert flipped["augrc"] == pytest.approx((1 / 4) * 4 / 4)

@@ -21,10 +21,12 @@ from pvera_bench.adapters.base import (
     ADAPTERS,
     AdapterConfig,
     AdapterSpec,
+    adapter_dropouts,
     adapter_loss,
     adapter_parameters,
     head_parameters,
     mark_trainable,
+    mc_dropout,
     sample_latents,
 )
 
@@ -41,7 +43,9 @@ __all__ = [
     "head_parameters",
     "is_mergeable",
     "is_stochastic",
+    "mc_dropout",
     "merge_adapter",
+    "samples_at_test",
     "sample_latents",
 ]
 
@@ -85,6 +89,12 @@ def is_stochastic(model: nn.Module) -> bool:
     """Whether this model's adapter samples (a test-time ``sampling`` mode and an ``adapter_loss``)."""
     spec = adapter_spec(model)
     return spec is not None and spec.stochastic
+
+
+def samples_at_test(model: nn.Module, mode: str) -> bool:
+    """Whether the model's test predictions under sampling ``mode`` are random: a stochastic adapter outside
+    ``mean`` mode, or (``mc`` mode) an adapter with dropout, which then stays on (MC dropout)."""
+    return (mode != "mean" and is_stochastic(model)) or (mode == "mc" and bool(adapter_dropouts(model)))
 
 
 def merge_adapter(model: nn.Module) -> nn.Module:

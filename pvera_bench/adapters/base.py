@@ -78,6 +78,25 @@ class TargetedConfig(AdapterConfig):
                 raise ValueError(f"adapter.qkv_slices must be distinct names from q, k, v; got {self.qkv_slices}")
 
 
+@dataclass
+class InputDropoutConfig(TargetedConfig):
+    """Args:
+    dropout: dropout on the adapter's input in training, and at test time too under ``sampling=mc`` (MC dropout).
+    """
+
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"adapter.dropout must be in [0, 1), got {self.dropout}")
+
+
+def input_dropout(config: InputDropoutConfig) -> nn.Module:
+    """The adapter's dropout on its input (an identity when ``dropout`` is 0)."""
+    return nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+
+
 @dataclass(frozen=True)
 class AdapterSpec:
     """A registered adapter: how to configure and inject it, and what it is.
@@ -270,6 +289,26 @@ def sample_latents(model: nn.Module, mode: str, count: int = 1) -> Iterator[nn.M
     finally:
         for layer, (mode_before, count_before) in zip(layers, previous, strict=True):
             layer.sample_mode, layer.sample_count = mode_before, count_before
+
+
+def adapter_dropouts(model: nn.Module) -> list[nn.Dropout]:
+    """The dropout layers of the model's adapters (children of the layers that wrap a ``base_layer``)."""
+    wrappers = [m for m in model.modules() if hasattr(m, "base_layer")]
+    return [child for m in wrappers for child in m.children() if isinstance(child, nn.Dropout)]
+
+
+@contextlib.contextmanager
+def mc_dropout(model: nn.Module, active: bool) -> Iterator[nn.Module]:
+    """Within the block, when ``active``, the adapters' dropout layers drop in eval mode too (MC dropout)."""
+    layers = adapter_dropouts(model) if active else []
+    previous = [layer.training for layer in layers]
+    for layer in layers:
+        layer.train()
+    try:
+        yield model
+    finally:
+        for layer, training in zip(layers, previous, strict=True):
+            layer.train(training)
 
 
 def kaiming_uniform(shape: tuple[int, ...], generator: torch.Generator | None = None) -> torch.Tensor:

@@ -17,26 +17,25 @@ from torch import nn
 
 from pvera_bench.adapters.base import (
     Convention,
+    InputDropoutConfig,
     SlicedLinear,
     Target,
-    TargetedConfig,
     find_targets,
+    input_dropout,
     register_adapter,
 )
 
 
 @dataclass
-class LoraConfig(TargetedConfig):
+class LoraConfig(InputDropoutConfig):
     """Args:
     r: rank of the update.
     alpha: the update is scaled by ``alpha / r``; None: 16 (``official``) or 8 (``peft``).
-    dropout: dropout on the adapter's input.
     same_a_every_block: every block starts from the same A (the official code's bug E9).
     """
 
     r: int = 8
     alpha: float | None = None
-    dropout: float = 0.0
     same_a_every_block: bool = False
 
     def __post_init__(self) -> None:
@@ -47,8 +46,6 @@ class LoraConfig(TargetedConfig):
             raise ValueError(f"adapter.r must be >= 1, got {self.r}")
         if self.alpha <= 0:
             raise ValueError(f"adapter.alpha must be positive, got {self.alpha}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"adapter.dropout must be in [0, 1), got {self.dropout}")
 
 
 class LoraLinear(SlicedLinear):
@@ -65,7 +62,7 @@ class LoraLinear(SlicedLinear):
         else:
             for a in self.lora_A:  # as nn.Linear and the LoRA reference code: kaiming-uniform, a = sqrt(5)
                 nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-        self.lora_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.lora_dropout = input_dropout(config)
 
     def update(self, x: torch.Tensor) -> torch.Tensor:
         """``(alpha / r) B_i A_i dropout(x)`` for every slice i, ``(..., n_slices, width)``."""

@@ -48,7 +48,7 @@ class PveraLinear(ProjectionLinear, StochasticLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d, b = self.pvera_lambda_d, self.pvera_lambda_b  # (n_slices, 2r), (n_slices, width)
-        mu, logvar = (d * down_project(x, self.A)).chunk(2, dim=-1)  # (..., n_slices, r) each
+        mu, logvar = (d * down_project(self.vera_dropout(x), self.A)).chunk(2, dim=-1)  # (..., n_slices, r) each
         self.posterior = (mu, logvar) if self.training else None
         update = self.alpha * b * up_project(self.latent(mu, logvar), self.B)  # (..., n_slices, width)
         return self.add_to_slices(self.base_layer(x), update)

@@ -23,9 +23,10 @@ from torch import nn
 
 from pvera_bench.adapters.base import (
     Convention,
+    InputDropoutConfig,
     SlicedLinear,
-    TargetedConfig,
     find_targets,
+    input_dropout,
     kaiming_uniform,
     register_adapter,
 )
@@ -34,7 +35,7 @@ OFFICIAL_D_RANGE = (1e-5, 1.0)  # each d vector starts at one draw of U(1e-5, 1)
 
 
 @dataclass
-class VeraConfig(TargetedConfig):
+class VeraConfig(InputDropoutConfig):
     """Args:
     r: rank of the shared random projections (may exceed the layer width, as in the paper).
     alpha: factor on the update; None: 16 (``official``) or 1 (``peft``).
@@ -97,6 +98,7 @@ class ProjectionLinear(SlicedLinear):
         super().__init__(base_layer, slices)
         self.projections = projections
         self.alpha = config.alpha
+        self.vera_dropout = input_dropout(config)
         self.create_vectors(config)
 
     def create_vectors(self, config: VeraConfig) -> None:
@@ -137,7 +139,7 @@ def scaled_projection_weight(
 
 
 class VeraLinear(ProjectionLinear):
-    """A frozen Linear plus ``α b ⊙ B (d ⊙ A x)`` per output slice, A and B shared by all layers."""
+    """A frozen Linear plus ``α b ⊙ B (d ⊙ A dropout(x))`` per output slice, A and B shared by all layers."""
 
     def create_vectors(self, config: VeraConfig) -> None:
         self.vera_lambda_d = nn.Parameter(self.initial_d(config.r, config))
@@ -145,7 +147,8 @@ class VeraLinear(ProjectionLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d, b = self.vera_lambda_d, self.vera_lambda_b  # (n_slices, r), (n_slices, width)
-        update = self.alpha * b * up_project(d * down_project(x, self.A), self.B)  # (..., n_slices, width)
+        z = d * down_project(self.vera_dropout(x), self.A)  # (..., n_slices, r)
+        update = self.alpha * b * up_project(z, self.B)  # (..., n_slices, width)
         return self.add_to_slices(self.base_layer(x), update)
 
     def delta_weight(self) -> torch.Tensor:

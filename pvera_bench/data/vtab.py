@@ -170,11 +170,19 @@ def load_split(
     workers: int = 4,
     progress: bool = True,
     cache: bool = True,
+    limit: int | None = None,
 ) -> SplitData:
-    """The split as one uint8 tensor, decoded once and then read from ``<task>/.cache/``."""
+    """The split as one uint8 tensor, decoded once and then read from ``<task>/.cache/``.
+
+    With ``limit``, at most that many images: a fixed random subset (seed 0), in the split file's order.
+    """
     entries = read_split_file(task_dir, split, num_classes)
     check_against_manifest(task_dir, split, len(entries), num_classes)
-    cache_path = task_dir / CACHE_DIR / f"{split}-{size[0]}x{size[1]}-{interpolation}.pt"
+    name = f"{split}-{size[0]}x{size[1]}-{interpolation}"
+    if limit is not None and len(entries) > limit:
+        keep = torch.randperm(len(entries), generator=torch.Generator().manual_seed(0))[:limit].sort().values
+        entries, name = [entries[i] for i in keep.tolist()], f"{name}-subset{limit}"
+    cache_path = task_dir / CACHE_DIR / f"{name}.pt"
     fingerprint = source_fingerprint(entries, size, interpolation) if cache else ""
     if cache and (cached := read_cache(cache_path, fingerprint)) is not None:
         return cached

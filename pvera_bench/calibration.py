@@ -49,6 +49,7 @@ COLUMNS = (
     Column("brier", "Brier", ("uncertainty", "brier")),
     Column("aurc", "AURC", ("uncertainty", "aurc")),
     Column("nll_after_scaling", "NLL (TS)", ("uncertainty", "nll_after_scaling")),
+    Column("mutual_information", "MI", ("uncertainty", "mutual_information")),
     Column("aps_coverage_pct", "APS cov. (%)", ("uncertainty", "conformal", "aps", "coverage"), 100, 1),
     Column("aps_set_size", "APS size", ("uncertainty", "conformal", "aps", "set_size"), 1, 3),
     Column("lac_coverage_pct", "LAC cov. (%)", ("uncertainty", "conformal", "lac", "coverage"), 100, 1),
@@ -60,20 +61,21 @@ CSV_COLUMNS = ("backbone", "protocol", "method", "kind", "task", "seeds", *(c.na
 
 HEADER = """# Calibration and uncertainty on the test split
 
-Recomputed from what each run stored (its result JSON and its predictions file), never retrained. One row
-per method and task: the mean over seeds of each run's value (a column's mean is over the seeds that
-recorded it; empty where none did). *Seeds*: successful runs. *Top-1*: test accuracy. *NLL*: mean negative
-log-likelihood of the true class. *ECE*: expected calibration error, 15 equal-width confidence bins.
-*Brier*: multi-class Brier score (squared distance to the one-hot label, summed over classes). *AURC*: area
-under the risk-coverage curve (error rate among the accepted images, most confident accepted first; lower
-is better). *NLL (TS)*: test NLL after temperature scaling fitted on val200. *APS / LAC cov.* and *size*:
-test coverage (share of images whose set holds the true class) and mean set size of split-conformal
-prediction sets calibrated on val200{target}. *OOD AUROC*: how well the maximum softmax probability
-(MSP), or the MC mutual information (MI, `sampling=mc` only), tells the test images from other tasks' images,
-averaged over the OOD sets (0.5: chance). Rows "· ensemble of k seeds" average the k seeds' stored
-probabilities (and val, when every seed stored it) and compute every column from the average; their MI and
-OOD cells stay empty. "mean (k tasks)" averages the k task rows of a method with two or more tasks (or
-of its ensembles); a column's mean needs every task.
+Recomputed from what each run stored (its result JSON and its predictions file), never retrained. One row per
+method and task: the mean over seeds of each run's value (a column's mean is over the seeds that recorded it;
+empty where none did). *Seeds*: successful runs. *Top-1*: test accuracy. *NLL*: mean negative log-likelihood
+of the true class. *ECE*: expected calibration error, 15 equal-width confidence bins. *Brier*: multi-class
+Brier score (squared distance to the one-hot label, summed over classes). *AURC*: area under the risk-coverage
+curve (error rate among the accepted images, most confident accepted first; lower is better). *NLL (TS)*: test
+NLL after temperature scaling fitted on val200. *MI*: mean mutual information between the prediction and the
+random draw over the MC passes (`sampling=mc` only; 0 when the passes agree). *APS / LAC cov.* and *size*:
+test coverage (share of images whose set holds the true class) and mean set size of split-conformal prediction
+sets calibrated on val200{target}. *OOD AUROC*: how well the maximum softmax probability (MSP), or the MC
+mutual information (MI, `sampling=mc` only), tells the test images from other tasks' images, averaged over the
+OOD sets (0.5: chance). Rows "· ensemble of k seeds" average the k seeds' stored probabilities (and val, when
+every seed stored it) and compute every column from the average; their MI and OOD cells stay empty (the passes
+and the OOD sets are not averaged). "mean (k tasks)" averages the k task rows of a method with two or more
+tasks (or of its ensembles); a column's mean needs every task.
 """
 
 

@@ -81,6 +81,12 @@ def setup_of(record: dict) -> str:
     return f"{convention} convention" + (f" · quirks: {', '.join(sorted(quirks))}" if quirks else "")
 
 
+def mc_dropout_of(record: dict) -> float | None:
+    """The adapter dropout kept on in the MC passes of a ``sampling=mc`` run (None: no MC dropout)."""
+    dropout = ((record.get("config") or {}).get("adapter") or {}).get("dropout")
+    return dropout if record.get("sampling") == "mc" and dropout else None
+
+
 def load_results(runs_dir: Path) -> pd.DataFrame:
     """One row per result JSON below ``runs_dir`` (missing keys stay empty); UserError if there is none."""
     rows = []
@@ -96,13 +102,14 @@ def load_results(runs_dir: Path) -> pd.DataFrame:
             | {
                 "setup": setup_of(record),
                 "variant": variant_of(record),
+                "mc_dropout": mc_dropout_of(record),
                 "error": record.get("error"),
                 "path": str(path),
             }
         )
     if not rows:
         raise UserError(f"no result files under {runs_dir}; run some experiments first (see README)")
-    return pd.DataFrame(rows, columns=[*RUN_COLUMNS, "variant", "error", "path"])
+    return pd.DataFrame(rows, columns=[*RUN_COLUMNS, "variant", "mc_dropout", "error", "path"])
 
 
 def summarise(per_task: dict[str, float]) -> dict[str, float]:
@@ -119,10 +126,15 @@ def summarise(per_task: dict[str, float]) -> dict[str, float]:
 
 
 def method_labels(done: pd.DataFrame) -> pd.Series:
-    """Per run, its method's row label: the adapter, its sampling mode unless ``mean``, and the config digest
-    where one (backbone, protocol, setup, adapter, sampling) ran under several configurations."""
+    """Per run, its method's row label: the adapter, its sampling mode unless ``mean`` (with the MC dropout rate),
+    and the config digest where one (backbone, protocol, setup, adapter, sampling) ran under several
+    configurations."""
     variants = done.groupby(METHOD_KEYS[:5]).variant.transform("nunique")
-    labels = done.adapter + done.sampling.map(lambda mode: "" if mode == "mean" else f" ({mode})")
+    modes = [
+        "" if mode == "mean" else f" ({mode}{'' if pd.isna(dropout) else f', MC dropout {dropout:g}'})"
+        for mode, dropout in zip(done.sampling, done.mc_dropout, strict=True)
+    ]
+    labels = done.adapter + pd.Series(modes, index=done.index, dtype=object)
     return labels + (" [" + done.variant + "]").where(variants > 1, "")
 
 

@@ -130,9 +130,10 @@ def test_predictions_are_stored_and_give_back_the_results_metrics(demo_config, d
     }
 
 
-def test_a_deterministic_adapter_under_mc_sampling_has_no_mutual_information(demo_config):
+def test_a_deterministic_adapter_under_mc_sampling_has_no_mutual_information_and_says_why(demo_config, caplog):
     record = run(demo_config("adapter=lora", "sampling=mc", "sampling.n=3"))
     assert record["uncertainty"]["mutual_information"] == pytest.approx(0.0, abs=1e-6)  # identical passes
+    assert "sampling.mode=mc had no effect: lora has no latent to sample and no adapter.dropout" in caplog.text
 
 
 @pytest.mark.parametrize("adapter", ["lora", "vera"])

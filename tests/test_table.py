@@ -10,7 +10,17 @@ from conftest import run_cli
 
 from pvera_bench.config import TaskGroup
 from pvera_bench.errors import UserError
-from pvera_bench.table import LONG_CSV_COLUMNS, PAPER_QUIRKS, PAPER_SETUP, folders, labels, main, write_tables
+from pvera_bench.table import (
+    LONG_CSV_COLUMNS,
+    PAPER_QUIRKS,
+    PAPER_SETUP,
+    folders,
+    labels,
+    main,
+    mc_dropout_of,
+    method_labels,
+    write_tables,
+)
 
 
 def write_run(
@@ -203,3 +213,21 @@ def test_corrupt_result_file_is_one_line_naming_it(tmp_path, runs):
     with pytest.raises(UserError, match="not a result file"):
         broken.write_text("[1, 2]")
         main(["--runs", str(runs), "--out", str(tmp_path / "tables")])
+
+
+def test_method_labels_name_the_sampling_mode_and_the_mc_dropout_rate():
+    frame = pd.DataFrame(
+        {
+            "backbone": ["b"] * 4,
+            "protocol": ["p"] * 4,
+            "setup": ["s"] * 4,
+            "adapter": ["lora", "lora", "pvera", "pvera"],
+            "sampling": ["mean", "mc", "mc", "fixed"],
+            "variant": ["v1", "v2", "v3", "v4"],
+            "mc_dropout": [None, 0.1, None, None],
+        }
+    )
+    assert list(method_labels(frame)) == ["lora", "lora (mc, MC dropout 0.1)", "pvera (mc)", "pvera (fixed)"]
+    assert mc_dropout_of({"sampling": "mc", "config": {"adapter": {"dropout": 0.1}}}) == 0.1
+    assert mc_dropout_of({"sampling": "mean", "config": {"adapter": {"dropout": 0.1}}}) is None  # dropout off in test
+    assert mc_dropout_of({"sampling": "mc", "config": {"adapter": {"name": "pvera"}}}) is None

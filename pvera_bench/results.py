@@ -88,6 +88,18 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def machine_info() -> dict[str, Any]:
+    """Where a run ran: host, operating system, CPU count and the CUDA device, if any."""
+    import torch
+
+    return {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
 def git_state() -> dict[str, Any]:
     """Commit of the code that ran, and whether the working tree had uncommitted changes."""
 

@@ -37,7 +37,7 @@ from pvera_bench.loggers import NullLogger
 from pvera_bench.model import build_model, count_parameters, quirks_in_force
 from pvera_bench.ood import is_ood_key, ood_key
 from pvera_bench.predictions import predictions_path, write_predictions
-from pvera_bench.results import git_state, package_versions, read_result, result_path, write_json
+from pvera_bench.results import git_state, machine_info, package_versions, read_result, result_path, write_json
 from pvera_bench.runtime import Normalizer, Runtime, resolve_device
 from pvera_bench.selection import StageFitter, needs_search, search_grid
 from pvera_bench.state import Checkpoint, GridRecord, ensure_writable, exclusive, stop_on_sigterm
@@ -191,7 +191,7 @@ def execute(cfg: DictConfig, inputs: TaskInputs, path: Path, config: dict, start
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     log.info("%s on %s/%s -> %s", cfg.adapter.name, cfg.backbone.id, cfg.dataset.name, path)
-    provenance = {"config": config, "versions": package_versions(), **git_state()}
+    provenance = {"config": config, "versions": package_versions(), "machine": machine_info(), **git_state()}
     try:
         with stop_on_sigterm() as should_stop:
             outcome = train_and_test(cfg, StageFitter(inputs, checkpoint, logger, should_stop))

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev demo demo-sampling demo-uncertainty test lint table reproduce bench clean
+.PHONY: help install install-dev demo demo-sampling demo-uncertainty test lint table report reproduce bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-17s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ lint: install-dev  ## ruff lint and format check
 
 table: install  ## results/runs/**.json -> tables
 	$(PY) -m pvera_bench.table
+
+report: table  ## the tables, then one self-contained HTML page of them, the figures and each run's provenance
+	$(PY) -m pvera_bench.report
 
 reproduce: install  ## print the sweep that reproduces the PVeRA paper's table, with its projected GPU-hours
 	$(PY) scripts/reproduce.py

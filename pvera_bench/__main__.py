@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -10,7 +11,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from pvera_bench.cli import exit_with, run_cli
-from pvera_bench.config import register_configs
+from pvera_bench.config import RENAMED_PROTOCOLS, register_configs
 from pvera_bench.errors import UserError
 from pvera_bench.run import run
 
@@ -18,8 +19,20 @@ log = logging.getLogger("pvera_bench")
 register_configs()
 
 
+def notice_renamed_protocol() -> None:
+    """One line on stderr when the command names a protocol by its old name."""
+    old = HydraConfig.get().runtime.choices.get("protocol")
+    if old in RENAMED_PROTOCOLS:
+        new = RENAMED_PROTOCOLS[old]
+        print(
+            f"notice: protocol={old} is now called protocol={new} (the same protocol); results say {new}",
+            file=sys.stderr,
+        )
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    notice_renamed_protocol()
     try:
         return run(cfg).get("test_top1")
     except UserError as error:

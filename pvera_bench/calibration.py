@@ -25,7 +25,7 @@ from pvera_bench.errors import UserError
 from pvera_bench.evaluation import ECE_BINS, Predictions, classification_metrics
 from pvera_bench.plots import reliability_diagrams, risk_coverage_plot
 from pvera_bench.predictions import predictions_path, read_predictions
-from pvera_bench.table import METHOD_KEYS, folders, method_labels, number, sections
+from pvera_bench.runs import METHOD_KEYS, folders, method_labels, number, sections
 from pvera_bench.uncertainty import risk_coverage_curve, uncertainty_metrics
 
 ENSEMBLE_SPLITS = ("test", "val")  # OOD sets ("ood-<task>") are not averaged

@@ -62,6 +62,9 @@ class TaskGroup(StrEnum):
     demo = "demo"
 
 
+# Old protocol names, still accepted (conf/protocol/<old>.yaml includes the new option) and read in old results.
+RENAMED_PROTOCOLS = {"pvera": "early_stop"}  # "pvera" read as the adapter PVeRA
+
 Split = StrEnum("Split", {split: split for split in SPLITS})  # the split files of a VTAB-1k task folder
 VTAB_GROUPS = (TaskGroup.natural, TaskGroup.specialized, TaskGroup.structured)
 
@@ -307,7 +310,7 @@ class RunConfig:
             not self.quirks.joint_early_stopping
             or (self.protocol.early_stopping and self.protocol.select_metric == SelectMetric.nll),
             "quirks.joint_early_stopping needs protocol.early_stopping=true and protocol.select_metric=nll "
-            "(the official code's selection); use protocol=pvera",
+            "(the official code's selection); use protocol=early_stop",
         )
         if self.ood.tasks:
             from pvera_bench.data.tasks import ood_tasks

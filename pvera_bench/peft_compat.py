@@ -4,7 +4,7 @@ PEFT adapts whole modules, and timm fuses q, k and v into one ``attn.qkv`` Linea
 cannot adapt q and v without k there. :func:`split_qkv` replaces every fused qkv by three
 Linears named ``q``, ``k``, ``v`` holding the same weights (the output is unchanged), which
 PEFT can then target (``target_modules=r".*attn\\.qkv\\.(q|v)"``). Used by the equivalence
-tests and the benchmark; pvera_bench's own adapters need none of this.
+tests, the benchmark and the PEFT export (:mod:`pvera_bench.export`); pvera_bench's own adapters need none of this.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from pvera_bench.adapters import is_mergeable, merge_adapter, samples_at_test
+from pvera_bench.artefacts import save_run_adapter
 from pvera_bench.backbone import input_spec
 from pvera_bench.config import ConformalConfig, Split, validate
 from pvera_bench.data import load_split, locate_task
@@ -217,10 +218,12 @@ def execute(cfg: DictConfig, inputs: TaskInputs, path: Path, config: dict, start
         )
     stored = predictions_path(path)
     write_predictions(stored, outcome.predictions, {"sampling": cfg.sampling.mode, "n": str(cfg.sampling.n)})
+    adapter_file = save_run_adapter(path, outcome.model, cfg)  # the unmerged model: the test merged a copy
     record = {
         **run_identity(cfg, "success"),
         **outcome_fields(outcome, inputs, OmegaConf.to_object(cfg.conformal)),
         "predictions": stored.name,
+        "adapter_file": adapter_file.name if adapter_file else None,
         "wall_s": time.perf_counter() - started,
         "history": outcome.fitted.history,
         **provenance,

@@ -13,103 +13,39 @@ dataset options of ``conf/dataset/``. ``--print`` shows one row per run instead 
 from __future__ import annotations
 
 import argparse
-import functools
-import hashlib
-import json
 import math
-from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
 
+from pvera_bench.calibration import write_calibration
 from pvera_bench.cli import run_cli
-from pvera_bench.config import ADAPTER_QUIRKS, VTAB_GROUPS, DatasetConfig, QuirksConfig, TaskGroup
-from pvera_bench.data.tasks import vtab_tasks
+from pvera_bench.config import VTAB_GROUPS
 from pvera_bench.errors import UserError
+from pvera_bench.hyperparameters import write_hyperparameters
 from pvera_bench.plots import accuracy_vs_params
-from pvera_bench.results import NON_IDENTITY_KEYS
+from pvera_bench.runs import (
+    METHOD_KEYS,
+    PAPER_SETUP,
+    RUN_COLUMNS,
+    columns,
+    folders,
+    labels,
+    load_results,
+    method_labels,
+    number,
+    sections,
+)
+from pvera_bench.statistics import write_statistics
 
 BACKBONE_NAMES = {"vit_b16_in21k": "ViT-B/16 IN21k", "dinov2_vitb14": "DINOv2 ViT-B/14"}
 PUBLISHED = Path(__file__).parent / "reference" / "published_vtab1k.csv"  # copied from the field survey, with sources
-RUN_COLUMNS = (  # what each result file contributes to the tables, and the columns of --print
-    "adapter dataset backbone sampling protocol setup seed status test_top1 val_top1 test_nll test_ece "
-    "adapter_params head_params epochs_run wall_s"
-).split()
-# The quirks of experiment=pvera_paper that every adapter has: runs with all of them are the paper's computation.
-PAPER_QUIRKS = {f.name for f in fields(QuirksConfig) if f.name not in ADAPTER_QUIRKS}
-PAPER_SETUP = "official convention · official code's quirks (experiment=pvera_paper)"
 PAPER_PROTOCOL = "PVeRA code"  # published rows whose protocol starts so sit beside the paper-setup runs
-METHOD_KEYS = ["backbone", "protocol", "setup", "adapter", "sampling", "variant"]  # a row of the tables
 
 
 LONG_CSV_COLUMNS = ("backbone", "protocol", "method", "source", "seeds", "params_m", "task", "top1", "std")
 GROUP_LABELS = [group.capitalize() for group in VTAB_GROUPS]
 SUMMARY_COLUMNS = [*GROUP_LABELS, "Mean (19)", "Mean (groups)"]
-
-
-@functools.cache
-def columns() -> tuple[tuple[str, DatasetConfig], ...]:
-    """(option, config) of the 19 VTAB-1k tasks in column order; results name a task by its folder, ``name``."""
-    return tuple(vtab_tasks())
-
-
-def folders(group: TaskGroup | None = None) -> list[str]:
-    """Folder names of the 19 tasks (or of one group's), in column order."""
-    return [config.name for _, config in columns() if group in (None, config.group)]
-
-
-def labels() -> list[str]:
-    return [config.label for _, config in columns()]
-
-
-def variant_of(record: dict) -> str:
-    """Six hex digits of everything that defines a method but the task, seed and run-time settings."""
-    config = record.get("config", {})
-    defining = {k: config.get(k) for k in ("adapter", "grid", "protocol", "sampling", "trainer", "backbone")}
-    for key in NON_IDENTITY_KEYS["trainer"]:
-        (defining.get("trainer") or {}).pop(key, None)
-    return hashlib.sha256(json.dumps(defining, sort_keys=True, default=str).encode()).hexdigest()[:6]
-
-
-def setup_of(record: dict) -> str:
-    """How a run computed, beyond its protocol: the adapter convention and the official code's quirks in force."""
-    convention, quirks = record.get("convention"), set(record.get("quirks") or [])
-    if convention is None:
-        return "convention not recorded"
-    if convention == "official" and quirks >= PAPER_QUIRKS:
-        return PAPER_SETUP
-    return f"{convention} convention" + (f" · quirks: {', '.join(sorted(quirks))}" if quirks else "")
-
-
-def mc_dropout_of(record: dict) -> float | None:
-    """The adapter dropout kept on in the MC passes of a ``sampling=mc`` run (None: no MC dropout)."""
-    dropout = ((record.get("config") or {}).get("adapter") or {}).get("dropout")
-    return dropout if record.get("sampling") == "mc" and dropout else None
-
-
-def load_results(runs_dir: Path) -> pd.DataFrame:
-    """One row per result JSON below ``runs_dir`` (missing keys stay empty); UserError if there is none."""
-    rows = []
-    for path in sorted(runs_dir.rglob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as error:
-            raise UserError(f"{path}: not a readable result file ({error}); delete or fix it") from None
-        if not isinstance(record, dict):
-            raise UserError(f"{path}: not a result file (a JSON object); delete or fix it")
-        rows.append(
-            {key: record.get(key) for key in RUN_COLUMNS}
-            | {
-                "setup": setup_of(record),
-                "variant": variant_of(record),
-                "mc_dropout": mc_dropout_of(record),
-                "error": record.get("error"),
-                "path": str(path),
-            }
-        )
-    if not rows:
-        raise UserError(f"no result files under {runs_dir}; run some experiments first (see README)")
-    return pd.DataFrame(rows, columns=[*RUN_COLUMNS, "variant", "mc_dropout", "error", "path"])
 
 
 def summarise(per_task: dict[str, float]) -> dict[str, float]:
@@ -123,19 +59,6 @@ def summarise(per_task: dict[str, float]) -> dict[str, float]:
     groups = [summary[label] for label in GROUP_LABELS]
     summary["Mean (groups)"] = sum(groups) / 3 if None not in groups else None
     return summary
-
-
-def method_labels(done: pd.DataFrame) -> pd.Series:
-    """Per run, its method's row label: the adapter, its sampling mode unless ``mean`` (with the MC dropout rate),
-    and the config digest where one (backbone, protocol, setup, adapter, sampling) ran under several
-    configurations."""
-    variants = done.groupby(METHOD_KEYS[:5]).variant.transform("nunique")
-    modes = [
-        "" if mode == "mean" else f" ({mode}{'' if pd.isna(dropout) else f', MC dropout {dropout:g}'})"
-        for mode, dropout in zip(done.sampling, done.mc_dropout, strict=True)
-    ]
-    labels = done.adapter + pd.Series(modes, index=done.index, dtype=object)
-    return labels + (" [" + done.variant + "]").where(variants > 1, "")
 
 
 def our_rows(frame: pd.DataFrame) -> list[dict]:
@@ -201,23 +124,11 @@ def reference_rows(ours: list[dict]) -> list[dict]:
     return rows
 
 
-def number(value: float | None, digits: int = 1) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
 def cell(row: dict, task: str) -> str:
     if task not in row["per_task"]:
         return ""
     mean = number(row["per_task"][task])
     return f"{mean} ± {number(row['std'][task])}" if task in row["std"] and row["seeds"] and row["seeds"] > 1 else mean
-
-
-def sections(rows: list[dict]) -> list[tuple[tuple[str, str], list[dict]]]:
-    """Rows by (backbone, protocol), in order of first appearance: one table each."""
-    grouped: dict[tuple[str, str], list[dict]] = {}
-    for row in rows:
-        grouped.setdefault((row["backbone"], row["protocol"]), []).append(row)
-    return list(grouped.items())
 
 
 def markdown(rows: list[dict], failed: pd.DataFrame, others: pd.DataFrame) -> str:
@@ -304,8 +215,6 @@ def to_markdown(frame: pd.DataFrame, float_format: str = "{:.4f}") -> str:
 def write_tables(runs_dir: Path, out_dir: Path, plot_tasks: list[str] | None = None) -> list[Path]:
     """Write the four table files, then the calibration table and figures (:mod:`pvera_bench.calibration`);
     returns their paths."""
-    from pvera_bench.calibration import write_calibration  # imports this module
-
     frame = load_results(runs_dir)
     rows = our_rows(frame)
     rows = rows + reference_rows(rows)
@@ -314,7 +223,7 @@ def write_tables(runs_dir: Path, out_dir: Path, plot_tasks: list[str] | None = N
     ]
     others = frame[(frame.status == "success") & ~frame.dataset.isin(folders())]
     others = (
-        others.groupby(["backbone", "dataset", "protocol", "adapter", "sampling"])
+        others.groupby(["backbone", "dataset", "protocol", "setup", "adapter", "sampling"])
         .test_top1.agg(["mean", "std", "count"])
         .reset_index()
     )
@@ -324,7 +233,22 @@ def write_tables(runs_dir: Path, out_dir: Path, plot_tasks: list[str] | None = N
     long_csv(rows).to_csv(paths[1], index=False)
     paths[2].write_text(latex(rows))
     accuracy_vs_params([row for row in rows if row["source"].startswith("pvera_bench")], paths[3])
-    return paths + write_calibration(frame, out_dir, plot_tasks)
+    paths += write_statistics(statistics_frame(frame), out_dir, n_tasks_total=len(folders()))
+    return paths + write_hyperparameters(frame, out_dir) + write_calibration(frame, out_dir, plot_tasks)
+
+
+def statistics_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The successful VTAB-1k runs as :mod:`pvera_bench.statistics` reads them: method, task, seed, score (%).
+
+    A method is named by its row label, prefixed by its section when the runs span several (backbone,
+    protocol, setup) sections, so that methods of different sections are never compared as one.
+    """
+    done = frame[(frame.status == "success") & frame.dataset.isin(folders())]
+    labels = method_labels(done)
+    sectioned = done[["backbone", "protocol", "setup"]].drop_duplicates().shape[0] > 1
+    if sectioned:
+        labels = done.backbone + " · " + done.protocol + " · " + done.setup + " · " + labels
+    return pd.DataFrame({"method": labels, "task": done.dataset, "seed": done.seed, "score": 100 * done.test_top1})
 
 
 def main(argv: list[str] | None = None) -> None:

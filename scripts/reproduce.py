@@ -59,7 +59,7 @@ TEST_IMAGES = {
 #   is its fp32 peak, about 67 TFLOPS. At an assumed half of that: ~760 inference and ~380 training images/s,
 #   rounded down to 700 and 350 for the per-step overheads of batch 16 (optimizer step, host-device traffic).
 #   Adapter FLOPs are left out (small next to the backbone's at these ranks and widths).
-# - Epochs. The pvera protocol stops a grid point after 20 epochs without a 0.1 % relative val-loss decrease, so a
+# - Epochs. The early_stop protocol stops a grid point after 20 epochs without a 0.1 % relative val-loss decrease, so a
 #   point runs at least 21 epochs and at most 500 (trainer.epochs). With quirks.joint_early_stopping every point
 #   trains until the slowest is stale, and the double softmax flattens the val loss (it floors at
 #   log(1 + (C-1)/e)), which ends the improvements early. No run has been measured: 100 is a guess between the

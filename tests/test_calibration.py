@@ -35,7 +35,7 @@ def record(adapter, dataset, seed, top1, backbone, uncertainty, with_predictions
         "dataset": dataset,
         "backbone": backbone,
         "sampling": "mean",
-        "protocol": "pvera",
+        "protocol": "early_stop",
         "convention": "official",
         "quirks": [],
         "seed": seed,
@@ -48,7 +48,7 @@ def record(adapter, dataset, seed, top1, backbone, uncertainty, with_predictions
         "config": {
             "adapter": {"name": adapter},
             "trainer": {"epochs": 10},
-            "protocol": {"name": "pvera"},
+            "protocol": {"name": "early_stop"},
             "sampling": {"mode": "mean"},
             "grid": {},
             "backbone": {"id": backbone},
@@ -177,7 +177,7 @@ def test_make_table_writes_and_prints_the_calibration_files_and_figures(tmp_path
         if name.endswith(".png"):
             assert (out / name).read_bytes()[:8] == PNG
     markdown = (out / "calibration.md").read_text()
-    assert "## vit_b16_in21k · pvera · official convention" in markdown and "## tiny · pvera" in markdown
+    assert "## vit_b16_in21k · early_stop · official convention" in markdown and "## tiny · early_stop" in markdown
     assert "(target coverage 90 %)" in markdown
 
 

@@ -106,3 +106,14 @@ def test_help_names_the_app_its_commands_and_only_the_user_facing_groups():
         assert [name.strip("[]") for name in listed if name.startswith("[")] == (
             [defaults[group]] if defaults[group] else []
         )
+
+
+def test_the_old_protocol_name_runs_the_renamed_protocol_with_a_notice(data_root, tmp_path):
+    completed = run_cli(
+        "experiment=demo", "trainer=smoke", "protocol=pvera", f"data.root={data_root}", f"paths.results={tmp_path}"
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    notice = "notice: protocol=pvera is now called protocol=early_stop (the same protocol); results say early_stop"
+    assert notice in completed.stderr.splitlines()
+    [result] = tmp_path.rglob("*.json")
+    assert "__early_stop__" in result.name and '"protocol": "early_stop"' in result.read_text()

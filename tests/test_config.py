@@ -103,7 +103,7 @@ INVALID_CONFIGS = [
         "joint-early-stopping-without-early-stopping",
         ["protocol=vtab", "quirks.joint_early_stopping=true"],
         "quirks.joint_early_stopping needs protocol.early_stopping=true and protocol.select_metric=nll "
-        "(the official code's selection); use protocol=pvera",
+        "(the official code's selection); use protocol=early_stop",
     ),
     (
         "unknown-quirk",

@@ -57,7 +57,7 @@ def test_run_writes_one_complete_result(demo_config):
     assert written["val_loss"] == written["val_nll"]  # without the double-softmax quirk the criterion is the NLL
     assert set(written["versions"]) >= {"python", "torch", "timm"}
     assert path.parent.parent.name == "tiny" and path.parent.name == "mnist5k"
-    assert path.name.startswith("pvera__mean__pvera__s0__")
+    assert path.name.startswith("pvera__mean__early_stop__s0__")
 
 
 @pytest.mark.slow

@@ -10,17 +10,8 @@ from conftest import run_cli
 
 from pvera_bench.config import TaskGroup
 from pvera_bench.errors import UserError
-from pvera_bench.table import (
-    LONG_CSV_COLUMNS,
-    PAPER_QUIRKS,
-    PAPER_SETUP,
-    folders,
-    labels,
-    main,
-    mc_dropout_of,
-    method_labels,
-    write_tables,
-)
+from pvera_bench.runs import PAPER_QUIRKS, PAPER_SETUP, folders, labels, mc_dropout_of, method_labels
+from pvera_bench.table import LONG_CSV_COLUMNS, main, write_tables
 
 
 def write_run(
@@ -29,7 +20,7 @@ def write_run(
     config = {
         "adapter": {"name": adapter, "r": rank},
         "trainer": {"epochs": 10, "device": "cpu"},
-        "protocol": {"name": "pvera"},
+        "protocol": {"name": "early_stop"},
         "sampling": {"mode": "mean"},
         "grid": {},
         "backbone": {"id": backbone},
@@ -40,7 +31,7 @@ def write_run(
         "dataset": dataset,
         "backbone": backbone,
         "sampling": "mean",
-        "protocol": "pvera",
+        "protocol": "early_stop",
         "seed": seed,
         "convention": "official",
         "quirks": list(quirks),
@@ -50,7 +41,7 @@ def write_run(
     }
     if status != "success":
         record["error"] = "training loss is nan"
-    path = root / backbone / dataset / f"{adapter}__mean__pvera__s{seed}__{'q' if quirks else 'x'}.json"
+    path = root / backbone / dataset / f"{adapter}__mean__early_stop__s{seed}__{'q' if quirks else 'x'}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record))
 
@@ -130,11 +121,11 @@ def test_paper_rows_sit_in_the_table_of_a_mock_pvera_paper_sweep(tmp_path):
                 write_run(tmp_path / "runs", adapter, task, seed, top1 - 0.1, backbone="dinov2_vitb14")
     write_tables(tmp_path / "runs", tmp_path / "tables")
     text = (tmp_path / "tables" / "vtab1k.md").read_text()
-    paper_table = text.split(f"## dinov2_vitb14 · pvera · {PAPER_SETUP}")[1].split("\n## ")[0]
+    paper_table = text.split(f"## dinov2_vitb14 · early_stop · {PAPER_SETUP}")[1].split("\n## ")[0]
     rows = [line.split(" | ")[0].strip("| ") for line in paper_table.splitlines() if line.startswith("| ")][1:]
     assert rows == ["pvera", "vera", "PVeRA (published)", "VeRA (published)"]
     assert "| 72.0 ± 0.0 |" in paper_table and "71.4" in paper_table and "69.9" in paper_table
-    plain_table = text.split("## dinov2_vitb14 · pvera · official convention\n")[1].split("\n## ")[0]
+    plain_table = text.split("## dinov2_vitb14 · early_stop · official convention\n")[1].split("\n## ")[0]
     assert "62.0 ± 0.0" in plain_table and "published" not in plain_table  # the quirk-free runs have no paper rows
 
 
@@ -142,8 +133,9 @@ def test_writes_the_tables_and_latex_is_a_tabular(tmp_path, runs, capsys):
     main(["--runs", str(runs), "--out", str(tmp_path / "tables")])
     written = capsys.readouterr().out.splitlines()
     names = sorted(p.name for p in (tmp_path / "tables").iterdir())
-    tables = ["accuracy_vs_params.png", "calibration.csv", "calibration.md", "vtab1k.csv", "vtab1k.md", "vtab1k.tex"]
-    assert names == tables and len(written) == 6  # no predictions files: no calibration figures
+    tables = ["accuracy_vs_params.png", "calibration.csv", "calibration.md", "hyperparameters.csv", "statistics.csv"]
+    tables += ["statistics.md", "validation_curves.csv", "vtab1k.csv", "vtab1k.md", "vtab1k.tex"]
+    assert names == tables and len(written) == 10  # no predictions: no calibration figures; 2 methods: no CD diagram
     assert (tmp_path / "tables" / "accuracy_vs_params.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     tex = (tmp_path / "tables" / "vtab1k.tex").read_text()
     assert tex.count("\\begin{tabular}") == tex.count("\\end{tabular}") >= 1 and "lora" in tex
@@ -152,8 +144,8 @@ def test_writes_the_tables_and_latex_is_a_tabular(tmp_path, runs, capsys):
 def test_two_configs_of_one_adapter_are_never_averaged_together(tmp_path):
     write_run(tmp_path / "runs", "lora", "cifar", 0, 0.5)
     write_run(tmp_path / "runs", "lora", "cifar", 1, 0.9, rank=16)
-    (tmp_path / "runs" / "vit_b16_in21k" / "cifar" / "lora__mean__pvera__s1__x.json").rename(
-        tmp_path / "runs" / "vit_b16_in21k" / "cifar" / "lora__mean__pvera__s1__y.json"
+    (tmp_path / "runs" / "vit_b16_in21k" / "cifar" / "lora__mean__early_stop__s1__x.json").rename(
+        tmp_path / "runs" / "vit_b16_in21k" / "cifar" / "lora__mean__early_stop__s1__y.json"
     )
     methods = {
         m for m in pd.read_csv(write_tables(tmp_path / "runs", tmp_path / "t")[1]).method if m.startswith("lora")
@@ -172,14 +164,14 @@ def test_demo_results_alone_make_tables_with_an_other_tasks_section(tmp_path, ca
     for seed, adapter in enumerate(["linear", "lora", "vera", "pvera"]):
         write_run(tmp_path / "runs", adapter, "mnist5k", 0, 0.7 + seed / 100, backbone="tiny")
     main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "tables")])
-    assert len(capsys.readouterr().out.splitlines()) == 6
+    assert len(capsys.readouterr().out.splitlines()) == 10
     markdown = (tmp_path / "tables" / "vtab1k.md").read_text()
     assert "No results on the 19 VTAB-1k tasks yet." in markdown
     other = markdown.split("## Other tasks")[1].split("## Failed runs")[0]
-    assert [line.split(" | ")[3] for line in other.splitlines() if "| tiny |" in line] == sorted(
+    assert [line.split(" | ")[4] for line in other.splitlines() if "| tiny |" in line] == sorted(
         ["linear", "lora", "vera", "pvera"]
     )
-    assert "| tiny | mnist5k | pvera | pvera | mean | 0.7300 |" in other
+    assert "| tiny | mnist5k | early_stop | official convention | pvera | mean | 0.7300 |" in other
     csv = pd.read_csv(tmp_path / "tables" / "vtab1k.csv")
     assert csv.empty and list(csv.columns) == [*LONG_CSV_COLUMNS]
 
@@ -189,7 +181,9 @@ def test_print_keeps_one_backbone_and_dataset(tmp_path, runs, capsys):
     main(["--runs", str(runs), "--print", "--backbone", "tiny", "--dataset", "mnist5k"])
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3
-    assert lines[2].startswith("| lora | mnist5k | tiny | mean | pvera | official convention | 0 | success | 0.8000 |")
+    assert lines[2].startswith(
+        "| lora | mnist5k | tiny | mean | early_stop | official convention | 0 | success | 0.8000 |"
+    )
 
 
 def test_empty_results_folder_is_one_line(tmp_path):
@@ -203,7 +197,7 @@ def test_empty_results_folder_is_one_line(tmp_path):
 
 
 def test_corrupt_result_file_is_one_line_naming_it(tmp_path, runs):
-    broken = runs / "vit_b16_in21k" / "dtd" / "lora__mean__pvera__s9__x.json"
+    broken = runs / "vit_b16_in21k" / "dtd" / "lora__mean__early_stop__s9__x.json"
     broken.write_text('{"status": "succ')
     result = run_cli("--runs", str(runs), "--out", str(tmp_path / "tables"), module="pvera_bench.table")
     assert result.returncode == 2
@@ -231,3 +225,34 @@ def test_method_labels_name_the_sampling_mode_and_the_mc_dropout_rate():
     assert mc_dropout_of({"sampling": "mc", "config": {"adapter": {"dropout": 0.1}}}) == 0.1
     assert mc_dropout_of({"sampling": "mean", "config": {"adapter": {"dropout": 0.1}}}) is None  # dropout off in test
     assert mc_dropout_of({"sampling": "mc", "config": {"adapter": {"name": "pvera"}}}) is None
+
+
+def test_results_of_the_old_protocol_name_join_the_renamed_one(tmp_path):
+    write_run(tmp_path / "runs", "lora", "cifar", 0, 0.5)
+    write_run(tmp_path / "runs", "lora", "cifar", 1, 0.7)
+    old = tmp_path / "runs" / "vit_b16_in21k" / "cifar" / "lora__mean__early_stop__s1__x.json"
+    record = json.loads(old.read_text())
+    record["protocol"] = record["config"]["protocol"]["name"] = "pvera"  # written before the rename
+    old.write_text(json.dumps(record))
+    text = (write_tables(tmp_path / "runs", tmp_path / "t")[0]).read_text()
+    assert "## vit_b16_in21k · early_stop · official convention" in text and "· pvera ·" not in text
+    assert "| lora | 60.0 ± 14.1 |" in text  # one method, both seeds
+
+
+def test_the_accuracy_plot_of_a_partial_sweep_says_what_it_averages_and_has_no_offset_notation():
+    from pvera_bench.plots import accuracy_vs_params_figure
+
+    partial = {"params_m": 0.3, "per_task": {"cifar": 62.5, "dtd": 62.5}, "Mean (groups)": None}
+    rows = [
+        {**partial, "method": "lora", "backbone": "tiny", "protocol": "early_stop · official convention"},
+        {**partial, "method": "vera", "backbone": "tiny", "protocol": "early_stop · official convention"},
+    ]
+    figure = accuracy_vs_params_figure(rows)
+    [axes] = figure.axes
+    figure.canvas.draw()
+    assert axes.get_ylabel() == (
+        "VTAB-1k test top-1 (%): mean of the 3 group means\n(partial rows: mean of the tasks they have)"
+    )
+    assert axes.yaxis.get_offset_text().get_text() == ""  # both points at 62.5: no "1e-7+6.25"
+    legend = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert legend[0] == "lora (tiny, early_stop · official convention) [partial: mean of 2 of 19 tasks]"

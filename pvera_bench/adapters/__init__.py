@@ -43,6 +43,7 @@ __all__ = [
     "head_parameters",
     "is_mergeable",
     "is_stochastic",
+    "load_adapter",
     "mc_dropout",
     "merge_adapter",
     "samples_at_test",
@@ -71,6 +72,14 @@ def apply_adapter(model: nn.Module, name: str, **hparams) -> nn.Module:
     mark_trainable(model, spec.prefix)
     model.adapter_config = config
     return model
+
+
+def load_adapter(model: nn.Module, path, verify_backbone: bool = True) -> nn.Module:
+    """Apply the adapter a run saved (``<result>.adapter.safetensors``) to a fresh timm ``model`` and load its
+    trained tensors and head; see :func:`pvera_bench.artefacts.load_adapter`."""
+    from pvera_bench.artefacts import load_adapter as load  # the artefacts module imports this package
+
+    return load(model, path, verify_backbone=verify_backbone)
 
 
 def adapter_spec(model: nn.Module) -> AdapterSpec | None:

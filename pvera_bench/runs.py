@@ -1,0 +1,126 @@
+"""The result files as one table of runs, and how the tables name their rows and columns.
+
+:func:`load_results` reads every result JSON under a folder into one DataFrame row per run;
+:func:`method_labels` labels a run's method as every table does; :func:`folders` gives the 19 VTAB-1k
+tasks in column order (the dataset options of ``conf/dataset/``). Shared by the accuracy table
+(:mod:`pvera_bench.table`), the calibration table, the hyperparameter report and the HTML report.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+from dataclasses import fields
+from pathlib import Path
+
+import pandas as pd
+
+from pvera_bench.config import ADAPTER_QUIRKS, RENAMED_PROTOCOLS, DatasetConfig, QuirksConfig, TaskGroup
+from pvera_bench.data.tasks import vtab_tasks
+from pvera_bench.errors import UserError
+from pvera_bench.results import NON_IDENTITY_KEYS
+
+RUN_COLUMNS = (  # what each result file contributes to the tables, and the columns of --print
+    "adapter dataset backbone sampling protocol setup seed status test_top1 val_top1 test_nll test_ece "
+    "adapter_params head_params epochs_run wall_s"
+).split()
+# The quirks of experiment=pvera_paper that every adapter has: runs with all of them are the paper's computation.
+PAPER_QUIRKS = {f.name for f in fields(QuirksConfig) if f.name not in ADAPTER_QUIRKS}
+PAPER_SETUP = "official convention · official code's quirks (experiment=pvera_paper)"
+METHOD_KEYS = ["backbone", "protocol", "setup", "adapter", "sampling", "variant"]  # a row of the tables
+
+
+@functools.cache
+def columns() -> tuple[tuple[str, DatasetConfig], ...]:
+    """(option, config) of the 19 VTAB-1k tasks in column order; results name a task by its folder, ``name``."""
+    return tuple(vtab_tasks())
+
+
+def folders(group: TaskGroup | None = None) -> list[str]:
+    """Folder names of the 19 tasks (or of one group's), in column order."""
+    return [config.name for _, config in columns() if group in (None, config.group)]
+
+
+def labels() -> list[str]:
+    return [config.label for _, config in columns()]
+
+
+def variant_of(record: dict) -> str:
+    """Six hex digits of everything that defines a method but the task, seed and run-time settings."""
+    config = record.get("config", {})
+    defining = {k: config.get(k) for k in ("adapter", "grid", "protocol", "sampling", "trainer", "backbone")}
+    protocol = dict(defining.get("protocol") or {})
+    if protocol.get("name") in RENAMED_PROTOCOLS:  # a run of before the rename is the same method
+        defining["protocol"] = {**protocol, "name": RENAMED_PROTOCOLS[protocol["name"]]}
+    for key in NON_IDENTITY_KEYS["trainer"]:
+        (defining.get("trainer") or {}).pop(key, None)
+    return hashlib.sha256(json.dumps(defining, sort_keys=True, default=str).encode()).hexdigest()[:6]
+
+
+def setup_of(record: dict) -> str:
+    """How a run computed, beyond its protocol: the adapter convention and the official code's quirks in force."""
+    convention, quirks = record.get("convention"), set(record.get("quirks") or [])
+    if convention is None:
+        return "convention not recorded"
+    if convention == "official" and quirks >= PAPER_QUIRKS:
+        return PAPER_SETUP
+    return f"{convention} convention" + (f" · quirks: {', '.join(sorted(quirks))}" if quirks else "")
+
+
+def mc_dropout_of(record: dict) -> float | None:
+    """The adapter dropout kept on in the MC passes of a ``sampling=mc`` run (None: no MC dropout)."""
+    dropout = ((record.get("config") or {}).get("adapter") or {}).get("dropout")
+    return dropout if record.get("sampling") == "mc" and dropout else None
+
+
+def load_results(runs_dir: Path) -> pd.DataFrame:
+    """One row per result JSON below ``runs_dir`` (missing keys stay empty); UserError if there is none."""
+    rows = []
+    for path in sorted(runs_dir.rglob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise UserError(f"{path}: not a readable result file ({error}); delete or fix it") from None
+        if not isinstance(record, dict):
+            raise UserError(f"{path}: not a result file (a JSON object); delete or fix it")
+        rows.append(
+            {key: record.get(key) for key in RUN_COLUMNS}
+            | {
+                "protocol": RENAMED_PROTOCOLS.get(record.get("protocol"), record.get("protocol")),
+                "setup": setup_of(record),
+                "variant": variant_of(record),
+                "mc_dropout": mc_dropout_of(record),
+                "error": record.get("error"),
+                "path": str(path),
+            }
+        )
+    if not rows:
+        raise UserError(f"no result files under {runs_dir}; run some experiments first (see README)")
+    return pd.DataFrame(rows, columns=[*RUN_COLUMNS, "variant", "mc_dropout", "error", "path"])
+
+
+def method_labels(done: pd.DataFrame) -> pd.Series:
+    """Per run, its method's row label: the adapter, its sampling mode unless ``mean`` (with the MC dropout rate),
+    and the config digest where one (backbone, protocol, setup, adapter, sampling) ran under several
+    configurations."""
+    variants = done.groupby(METHOD_KEYS[:5]).variant.transform("nunique")
+    modes = [
+        "" if mode == "mean" else f" ({mode}{'' if pd.isna(dropout) else f', MC dropout {dropout:g}'})"
+        for mode, dropout in zip(done.sampling, done.mc_dropout, strict=True)
+    ]
+    labels = done.adapter + pd.Series(modes, index=done.index, dtype=object)
+    return labels + (" [" + done.variant + "]").where(variants > 1, "")
+
+
+def number(value: float | None, digits: int = 1) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def sections(rows: list[dict]) -> list[tuple[tuple[str, str], list[dict]]]:
+    """Rows by (backbone, protocol), in order of first appearance: one table each."""
+    grouped: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        grouped.setdefault((row["backbone"], row["protocol"]), []).append(row)
+    return list(grouped.items())

@@ -33,7 +33,6 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import asdict
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,7 @@ from pvera_bench.adapters import ADAPTERS, apply_adapter
 from pvera_bench.backbone import create_backbone
 from pvera_bench.config import BackboneConfig
 from pvera_bench.errors import UserError
-from pvera_bench.results import write_atomically
+from pvera_bench.results import package_versions, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +95,6 @@ def backbone_digest(model: nn.Module, skip: set[str]) -> str:
     return digest.hexdigest()
 
 
-def versions() -> dict[str, str]:
-    found = {}
-    for package in ("torch", "timm", "pvera-bench"):
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = "not installed"
-    return found
-
-
 def save_adapter(model: nn.Module, path: Path, info: dict[str, Any]) -> Path:
     """Write ``model``'s artefact atomically to ``path``; ``info`` (``backbone``, ``num_classes``, ``seed``, ...)
     joins the adapter config and the backbone digest in the header. Returns ``path``."""
@@ -117,7 +106,7 @@ def save_adapter(model: nn.Module, path: Path, info: dict[str, Any]) -> Path:
         **info,
         "projections": sorted(n for n in tensors if ".projections." in n),
         "backbone_sha256": backbone_digest(model, set(tensors)),
-        "versions": versions(),
+        "versions": package_versions(),
     }
     stored = {name: t.detach().to("cpu", copy=True).contiguous() for name, t in tensors.items()}
     write_atomically(path, save(stored, metadata={"format": "pt", METADATA_KEY: json.dumps(header)}))

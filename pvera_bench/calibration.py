@@ -12,7 +12,6 @@ method, the ensemble's (or the single run's) test predictions.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -25,7 +24,7 @@ from pvera_bench.errors import UserError
 from pvera_bench.evaluation import ECE_BINS, Predictions, classification_metrics
 from pvera_bench.plots import reliability_diagrams, risk_coverage_plot
 from pvera_bench.predictions import predictions_path, read_predictions
-from pvera_bench.runs import METHOD_KEYS, folders, method_labels, number, sections
+from pvera_bench.runs import METHOD_KEYS, method_labels, number, sections, task_order
 from pvera_bench.uncertainty import risk_coverage_curve, uncertainty_metrics
 
 ENSEMBLE_SPLITS = ("test", "val")  # OOD sets ("ood-<task>") are not averaged
@@ -127,8 +126,7 @@ def successful_runs(frame: pd.DataFrame) -> list[Run]:
     done = frame[(frame.status == "success") & frame[METHOD_KEYS].notna().all(axis=1)]
     runs = []
     for row, label in zip(done.itertuples(index=False), method_labels(done), strict=True):
-        path = Path(row.path)
-        record = json.loads(path.read_text())
+        path, record = Path(row.path), row.record
         stored = path.with_name(record["predictions"]) if record.get("predictions") else predictions_path(path)
         runs.append(
             Run(
@@ -142,12 +140,6 @@ def successful_runs(frame: pd.DataFrame) -> list[Run]:
             )
         )
     return runs
-
-
-def task_order(task: str) -> tuple[int, str]:
-    """The 19 VTAB-1k tasks in column order, then the others by name."""
-    vtab = folders()
-    return (vtab.index(task), "") if task in vtab else (len(vtab), task)
 
 
 def grouped(runs: list[Run]) -> dict[tuple, dict[str, Group]]:

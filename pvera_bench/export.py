@@ -48,7 +48,7 @@ from torch import nn
 
 from pvera_bench.adapters.base import QKV_NAMES
 from pvera_bench.artefacts import artefact_backbone, load_adapter, read_artefact, resolve_artefact
-from pvera_bench.cli import exit_with
+from pvera_bench.cli import run_cli
 from pvera_bench.errors import UserError
 from pvera_bench.peft_compat import split_qkv
 
@@ -304,14 +304,11 @@ def main(argv: list[str] | None = None) -> None:
         "--pvera-as", choices=PVERA_AS, default="pvera", help="PVeRA as PEFT's PVeRA, or its mean latent as VeRA"
     )
     args = parser.parse_args(argv)
-    try:
-        out = export_peft(args.artefact, args.out, args.pvera_as)
-        print(f"wrote {out}")
-        if args.push_to_hub:
-            print(f"pushed to {push_to_hub(out, args.push_to_hub)}")
-    except UserError as error:
-        exit_with(error)
+    out = export_peft(args.artefact, args.out, args.pvera_as)
+    print(f"wrote {out}")
+    if args.push_to_hub:
+        print(f"pushed to {push_to_hub(out, args.push_to_hub)}")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -28,7 +28,7 @@ def grid_rows(frame: pd.DataFrame) -> tuple[list[dict], list[dict]]:
     done = frame[frame.status == "success"]
     points, curves = [], []
     for run, method in zip(done.itertuples(index=False), method_labels(done), strict=True):
-        record = json.loads(Path(run.path).read_text())
+        record = run.record
         retrained = bool(((record.get("config") or {}).get("protocol") or {}).get("retrain_split"))
         identity = {
             "backbone": run.backbone,

@@ -14,7 +14,6 @@ import argparse
 import base64
 import html
 import io
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from pvera_bench.data.tasks import dataset_configs
 from pvera_bench.errors import UserError
 from pvera_bench.plots import pyplot
 from pvera_bench.results import git_state, write_atomically
-from pvera_bench.runs import folders, load_results, method_labels
+from pvera_bench.runs import load_results, method_labels, task_order
 from pvera_bench.table import BACKBONE_NAMES
 
 TABLE_FILES = (  # (file in the tables folder, section title, whether make table always writes it)
@@ -278,18 +277,12 @@ def figure_key(path: Path) -> tuple[int, str]:
     return len(FIGURE_ORDER), path.name
 
 
-def task_order(tasks: list[str]) -> list[str]:
-    """The 19 VTAB-1k tasks in table column order, then any other task alphabetically."""
-    vtab = folders()
-    return [t for t in vtab if t in tasks] + sorted(t for t in tasks if t not in vtab)
-
-
 def seed_bar_chart(runs: pd.DataFrame, title: str) -> bytes:
     """PNG of a grouped bar chart: per task and method, the mean test top-1 (%) over seeds, an error bar of
     ± one standard deviation over seeds (none with one seed) and a dot per seed."""
     plt = pyplot()
     labels = task_labels()
-    tasks = task_order(list(runs.dataset.unique()))
+    tasks = sorted(runs.dataset.unique(), key=task_order)
     methods = sorted(runs.label.unique())
     width = 0.8 / len(methods)
     figure, axes = plt.subplots(figsize=(min(24.0, max(7.0, 1.6 + 0.35 * len(tasks) * max(2, len(methods)))), 4.6))
@@ -373,12 +366,8 @@ def duration(seconds) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def provenance(path: Path, runs_dir: Path) -> dict[str, str]:
-    """One row of the provenance table for the result file at ``path``."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        record = {}
+def provenance(path: Path, record: dict, runs_dir: Path) -> dict[str, str]:
+    """One row of the provenance table for the result ``record`` read from ``path``."""
     machine = record.get("machine")
     versions = record.get("versions")
     if isinstance(versions, dict) and versions:
@@ -410,7 +399,7 @@ def provenance(path: Path, runs_dir: Path) -> dict[str, str]:
 
 
 def provenance_table(frame: pd.DataFrame, runs_dir: Path) -> str:
-    rows = [provenance(Path(path), runs_dir) for path in frame.path]
+    rows = [provenance(Path(path), record, runs_dir) for path, record in zip(frame.path, frame.record, strict=True)]
     head = "".join(f"<th>{html.escape(h)}</th>" for h in PROVENANCE_HEADER)
     body = []
     for row in rows:
@@ -562,7 +551,6 @@ def build_report(runs_dir: Path, tables_dir: Path, generated: datetime | None = 
 def write_report(runs_dir: Path, tables_dir: Path, out: Path) -> Path:
     """Write the report to ``out`` atomically; returns ``out``."""
     write_atomically(out, build_report(runs_dir, tables_dir).encode("utf-8"))
-    out.chmod(0o644)  # a page to share (the temporary file it was renamed from was private)
     return out
 
 

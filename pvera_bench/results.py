@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+UMASK = os.umask(0o022)  # read once (setting it is the only way to read it), then put back
+os.umask(UMASK)
 VERSIONED_PACKAGES = ("torch", "torchvision", "timm", "hydra-core", "omegaconf", "numpy", "pvera-bench")
 # Settings that change where or how fast a run goes, not what it computes: left out of the run's identity.
 NON_IDENTITY_KEYS = {
@@ -61,10 +63,15 @@ def read_result(path: Path) -> dict[str, Any] | None:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write through a temporary file in the same folder and rename: readers never see half a file."""
+    """Write through a temporary file in the same folder and rename: readers never see half a file.
+
+    The file gets the permissions a plain ``open(path, "w")`` would give it (0o666 less the umask), not the
+    temporary file's private 0o600.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
         try:
+            os.fchmod(f.fileno(), 0o666 & ~UMASK)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

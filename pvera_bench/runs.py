@@ -47,6 +47,12 @@ def labels() -> list[str]:
     return [config.label for _, config in columns()]
 
 
+def task_order(task: str) -> tuple[int, str]:
+    """Sort key of a task folder: the 19 VTAB-1k tasks in column order, then the others by name."""
+    vtab = folders()
+    return (vtab.index(task), "") if task in vtab else (len(vtab), task)
+
+
 def variant_of(record: dict) -> str:
     """Six hex digits of everything that defines a method but the task, seed and run-time settings."""
     config = record.get("config", {})
@@ -76,7 +82,8 @@ def mc_dropout_of(record: dict) -> float | None:
 
 
 def load_results(runs_dir: Path) -> pd.DataFrame:
-    """One row per result JSON below ``runs_dir`` (missing keys stay empty); UserError if there is none."""
+    """One row per result JSON below ``runs_dir`` (missing keys stay empty), with the parsed JSON itself in
+    ``record`` so that later readers need not parse it again; UserError if there is none."""
     rows = []
     for path in sorted(runs_dir.rglob("*.json")):
         try:
@@ -94,11 +101,12 @@ def load_results(runs_dir: Path) -> pd.DataFrame:
                 "mc_dropout": mc_dropout_of(record),
                 "error": record.get("error"),
                 "path": str(path),
+                "record": record,
             }
         )
     if not rows:
         raise UserError(f"no result files under {runs_dir}; run some experiments first (see README)")
-    return pd.DataFrame(rows, columns=[*RUN_COLUMNS, "variant", "mc_dropout", "error", "path"])
+    return pd.DataFrame(rows, columns=[*RUN_COLUMNS, "variant", "mc_dropout", "error", "path", "record"])
 
 
 def method_labels(done: pd.DataFrame) -> pd.Series:

@@ -2,6 +2,7 @@
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+BENCH  := $(VENV)/bin/pvera-bench
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt
 
 .DEFAULT_GOAL := help
@@ -25,35 +26,36 @@ install: $(VENV)/.install-base  ## create .venv with the pinned runtime (torch, 
 install-dev: $(VENV)/.install-dev  ## add the test tools (pytest, ruff, peft)
 
 demo: install  ## offline demo: linear, lora, vera, pvera on mnist5k with a tiny ViT, then the table
-	$(PY) -m pvera_bench --multirun experiment=demo adapter=linear,lora,vera,pvera trainer.progress=false
-	$(PY) -m pvera_bench.table --print --backbone tiny --dataset mnist5k
+	$(BENCH) run --multirun experiment=demo adapter=linear,lora,vera,pvera trainer.progress=false
+	$(BENCH) table --print --backbone tiny --dataset mnist5k
 
 demo-sampling: install  ## PVeRA on mnist5k with each test-time sampling mode (mean, fixed, random, mc, mc_layer)
-	$(PY) -m pvera_bench --multirun experiment=demo adapter=pvera sampling=mean,fixed,random,mc,mc_layer sampling.n=10 \
+	$(BENCH) run --multirun experiment=demo adapter=pvera sampling=mean,fixed,random,mc,mc_layer sampling.n=10 \
 		trainer.progress=false
-	$(PY) -m pvera_bench.table --print --backbone tiny --dataset mnist5k
+	$(BENCH) table --print --backbone tiny --dataset mnist5k
 
 demo-uncertainty: install  ## mnist5k, 2 seeds: PVeRA (10 MC passes) vs LoRA and VeRA with MC dropout -> calibration table, plots
-	$(PY) -m pvera_bench --multirun experiment=demo adapter=pvera sampling=mc sampling.n=10 seed=0,1 trainer.progress=false
-	$(PY) -m pvera_bench --multirun experiment=demo adapter=lora,vera adapter.dropout=0.1 sampling=mc sampling.n=10 \
+	$(BENCH) run --multirun experiment=demo adapter=pvera sampling=mc sampling.n=10 seed=0,1 trainer.progress=false
+	$(BENCH) run --multirun experiment=demo adapter=lora,vera adapter.dropout=0.1 sampling=mc sampling.n=10 \
 		seed=0,1 trainer.progress=false
-	$(PY) -m pvera_bench.table --plot-task mnist5k
+	$(BENCH) table --plot-task mnist5k
 
 test: install-dev  ## the test suite
 	$(PY) -m pytest
 
-lint: install-dev  ## ruff lint and format check
+lint: install-dev  ## ruff lint and format check, and the layer contract (nothing imports upward)
 	$(VENV)/bin/ruff check pvera_bench tests scripts
 	$(VENV)/bin/ruff format --check pvera_bench tests scripts
+	$(VENV)/bin/lint-imports
 
 table: install  ## results/runs/**.json -> tables
-	$(PY) -m pvera_bench.table
+	$(BENCH) table
 
-report: table  ## the tables, then one self-contained HTML page of them, the figures and each run's provenance
-	$(PY) -m pvera_bench.report
+report: install  ## the tables, then one self-contained HTML page of them, the figures and each run's provenance
+	$(BENCH) report
 
 reproduce: install  ## print the sweep that reproduces the PVeRA paper's table, with its projected GPU-hours
-	$(PY) scripts/reproduce.py
+	$(BENCH) reproduce
 
 bench: install-dev  ## adapter cost benchmark on ViT-B/16 (CPU, 2 cores: about 1 h) -> results/bench/
 	$(PY) scripts/bench.py

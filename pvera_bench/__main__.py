@@ -1,51 +1,5 @@
-"""``python -m pvera_bench [overrides]``: one run, or a sweep with ``-m``."""
+"""``python -m pvera_bench [overrides]``: the same as ``pvera-bench run [overrides]``."""
 
-from __future__ import annotations
+from pvera_bench.cli import run_as_module
 
-import logging
-import sys
-
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig
-
-from pvera_bench.cli import exit_with, run_cli
-from pvera_bench.config import RENAMED_PROTOCOLS, register_configs
-from pvera_bench.errors import UserError
-from pvera_bench.run import run
-
-log = logging.getLogger("pvera_bench")
-register_configs()
-
-
-def notice_renamed_protocol() -> None:
-    """One line on stderr when the command names a protocol by its old name."""
-    old = HydraConfig.get().runtime.choices.get("protocol")
-    if old in RENAMED_PROTOCOLS:
-        new = RENAMED_PROTOCOLS[old]
-        print(
-            f"notice: protocol={old} is now called protocol={new} (the same protocol); results say {new}",
-            file=sys.stderr,
-        )
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float:
-    notice_renamed_protocol()
-    try:
-        return run(cfg).get("test_top1")
-    except UserError as error:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:  # the sweep goes on; Hydra re-raises at its end
-            log.error("%s", error)
-            raise
-        exit_with(error)  # a single run ends here, in one line, before Hydra adds its own report
-
-
-def cli() -> None:
-    """Console-script entry point (``pvera-bench``)."""
-    run_cli(main)
-
-
-if __name__ == "__main__":
-    cli()
+run_as_module(__name__, "run")

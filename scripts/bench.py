@@ -12,7 +12,7 @@ measures per adapter, after warm-up and interleaved with the reference it is com
 - ``over_peft``: our train step time / PEFT's, same adapter, rank and layers (the whole fused
   ``attn.qkv``, which is what PEFT can target in a timm ViT) on the same model;
 - ``over_peft_qv``: the same for the papers' targets (q and v; k and v for IA3): ours on the fused
-  qkv, PEFT on the same weights split into q, k, v Linears (``pvera_bench.peft_compat``).
+  qkv, PEFT on the same weights split into q, k, v Linears (``pvera_bench.models.peft_compat``).
 
 Writes ``results/bench/<name>.json`` and ``results/bench/<name>.md``.
 """
@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from pvera_bench.adapters import ADAPTERS, adapter_loss, apply_adapter, merge_adapter
-from pvera_bench.peft_compat import split_qkv
-from pvera_bench.results import git_state, package_versions
+from pvera_bench.adapters import ADAPTERS, adapter_loss, apply_adapter, copy_model, merge_adapter
+from pvera_bench.artefacts.provenance import git_state, package_versions
+from pvera_bench.models.peft_compat import split_qkv
 
 PEFT_CONFIGS = {  # adapter -> (PEFT config class name, its kwargs, our hyperparameters on the same layers and init)
     "lora": (
@@ -188,7 +188,7 @@ def bench_dtype(args, dtype: str) -> list[dict]:
         evaluation = paired_ratio(eval_step, bare_eval, args.eval_iters, args.warmup)
         row["eval_images_per_s"] = args.batch_size / evaluation["a_s"]
         if ADAPTERS[name].mergeable:
-            merged = Workload(merge_adapter(copy.deepcopy(model).eval()), images, labels, dtype, train=False)
+            merged = Workload(merge_adapter(copy_model(model).eval()), images, labels, dtype, train=False)
             row["merged_eval_over_bare"] = paired_ratio(merged, bare_eval, args.eval_iters, args.warmup)["ratio"]
         if name in PEFT_CONFIGS and not args.no_peft:
             on_fused_qkv = apply_adapter(copy.deepcopy(bare), name, **PEFT_CONFIGS[name][2])
@@ -215,19 +215,14 @@ def linear_probe_speedup(epochs: int) -> dict:
     """Wall time of one real linear-probe run (offline demo task and backbone) with and without cached features."""
     import tempfile
 
-    from hydra import compose, initialize_config_dir
+    from pvera_bench.pipeline.compose import compose_config
+    from pvera_bench.pipeline.run import run
 
-    from pvera_bench.cli import CONF_DIR
-    from pvera_bench.config import register_configs
-    from pvera_bench.run import run
-
-    register_configs()
     times = {}
-    with tempfile.TemporaryDirectory() as folder, initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with tempfile.TemporaryDirectory() as folder:
         for cached in (True, False):
-            cfg = compose(
-                config_name="config",
-                overrides=[
+            cfg = compose_config(
+                [
                     "experiment=demo",
                     "adapter=linear",
                     f"trainer.epochs={epochs}",
@@ -236,7 +231,7 @@ def linear_probe_speedup(epochs: int) -> dict:
                     "trainer.checkpoint=false",
                     f"trainer.cache_features={cached}",
                     f"paths.results={folder}/{cached}",
-                ],
+                ]
             )
             run(cfg)  # the first call also builds mnist5k and the decoded cache: time the second
             (Path(folder) / str(cached)).rename(Path(folder) / f"{cached}-done")

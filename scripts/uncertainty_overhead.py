@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pvera_bench.cli import run_cli
+from pvera_bench.artefacts.predictions import read_predictions, write_predictions
+from pvera_bench.cli.runner import run_cli
 from pvera_bench.config import ConformalConfig
-from pvera_bench.errors import UserError
-from pvera_bench.predictions import read_predictions, write_predictions
-from pvera_bench.uncertainty import uncertainty_metrics
+from pvera_bench.core.errors import UserError
+from pvera_bench.evaluation.uncertainty import uncertainty_metrics
 
 
 def median_seconds(repeats: int, action: Callable, *arguments) -> float:

@@ -3,7 +3,7 @@
 ``mlp(h) + s · up(ReLU(down(h)))``. The conventions differ in what ``h`` is and how the
 adapter starts:
 
-- ``official`` (leofillioux/pvera, ``models/adapters/adaptformer.py``; reference/pvera.md §5.2):
+- ``official`` (leofillioux/pvera, ``models/adapters/adaptformer.py``):
   the block's ``norm2`` moves inside the wrapped MLP, so the adapter reads the block's residual
   stream before the LayerNorm (as AdaptFormer's released code does); ``s`` is a learnable scalar
   starting at 1; ``down`` and ``up`` keep ``nn.Linear``'s initialisation, so the adapter is active
@@ -19,7 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pvera_bench.adapters.base import AdapterConfig, Convention, register_adapter
+from pvera_bench.adapters.layers import AdaptedLayer
+from pvera_bench.adapters.registry import register_adapter
+from pvera_bench.config import AdapterConfig, Convention
 
 
 @dataclass
@@ -41,12 +43,11 @@ class AdaptFormerConfig(AdapterConfig):
             raise ValueError(f"adapter.hidden_dim must be >= 1, got {self.hidden_dim}")
 
 
-class ParallelAdapter(nn.Module):
+class ParallelAdapter(AdaptedLayer):
     """Wraps the MLP: ``base_layer(h) + s · up(ReLU(down(h)))``."""
 
     def __init__(self, base_layer: nn.Module, dim: int, config: AdaptFormerConfig) -> None:
-        super().__init__()
-        self.base_layer = base_layer
+        super().__init__(base_layer)
         self.adaptformer_down = nn.Linear(dim, config.hidden_dim)  # keeps nn.Linear's Kaiming-uniform weight
         self.adaptformer_up = nn.Linear(config.hidden_dim, dim)
         scale = torch.tensor([config.scale])

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from pvera_bench.adapters.base import AdapterConfig, Convention, register_adapter
+from pvera_bench.adapters.layers import AdaptedLayer
+from pvera_bench.adapters.registry import register_adapter
+from pvera_bench.config import AdapterConfig, Convention
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -46,12 +48,11 @@ class BottleneckConfig(AdapterConfig):
             raise ValueError(f"adapter.init_std must be >= 0, got {self.init_std}")
 
 
-class SerialAdapter(nn.Module):
+class SerialAdapter(AdaptedLayer):
     """Wraps a block submodule: ``y = base_layer(x)``, then ``y + up(act(down(y)))``."""
 
     def __init__(self, base_layer: nn.Module, dim: int, config: BottleneckConfig) -> None:
-        super().__init__()
-        self.base_layer = base_layer
+        super().__init__(base_layer)
         self.bottleneck_down = nn.Linear(dim, config.hidden_dim)
         self.bottleneck_up = nn.Linear(config.hidden_dim, dim)
         self.activation = ACTIVATIONS[config.activation]()

@@ -4,8 +4,9 @@
 row and treated as a constant in the backward pass (paper §4.3), and the magnitude ``m``
 trainable and initialised to ``||W||``, so the layer is unchanged at initialisation.
 ΔW's initialisation and ``alpha`` follow the LoRA convention (:mod:`pvera_bench.adapters.lora`).
-The official PVeRA code's DoRA (reference/pvera.md §5.1 E2) keeps ``m`` frozen
-(``frozen_magnitude``) and does not scale ΔW (``unscaled``): both off unless their quirk is on.
+The official PVeRA code's DoRA (leofillioux/pvera ``models/adapters/dora.py``, frozen by ``Model.freeze`` in
+``models/models.py``) keeps ``m`` frozen (``frozen_magnitude``) and does not scale ΔW (``unscaled``): both off
+unless their quirk is on.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pvera_bench.adapters.base import register_adapter, take_slices
+from pvera_bench.adapters.layers import take_slices
 from pvera_bench.adapters.lora import LoraConfig, LoraLinear, inject_low_rank
+from pvera_bench.adapters.registry import register_adapter
 
 
 @dataclass

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from pvera_bench.adapters.base import TargetedConfig, find_targets, register_adapter, spread_slices
+from pvera_bench.adapters.layers import AdaptedLayer, TargetedConfig, find_targets, spread_slices
+from pvera_bench.adapters.registry import register_adapter
 
 
 @dataclass
@@ -32,12 +33,11 @@ class Ia3Config(TargetedConfig):
             raise ValueError(f"adapter.feedforward {stray} must also be in adapter.targets {self.targets}")
 
 
-class Ia3Linear(nn.Module):
+class Ia3Linear(AdaptedLayer):
     """A frozen Linear whose input (feed-forward) or output slices are rescaled by ``ia3_l``."""
 
     def __init__(self, base_layer: nn.Linear, slices: tuple[tuple[int, int], ...], feedforward: bool) -> None:
-        super().__init__()
-        self.base_layer = base_layer
+        super().__init__(base_layer)
         self.feedforward = feedforward
         self.slices = tuple(sorted(slices))  # ia3_l follows the slices in output order
         width = base_layer.in_features if feedforward else sum(stop - start for start, stop in slices)

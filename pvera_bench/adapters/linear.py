@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from pvera_bench.adapters.base import AdapterConfig, register_adapter
+from pvera_bench.adapters.registry import register_adapter
+from pvera_bench.config import AdapterConfig
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """LoRA (Hu et al., ICLR 2022): ``W x + (alpha / r) * B A x`` with A random and B zero at init.
 
-Conventions: ``official`` (leofillioux/pvera, ``models/adapters/lora.py``; reference/pvera.md §5.2):
+Conventions: ``official`` (leofillioux/pvera, ``models/adapters/lora.py``):
 ``alpha = 16``, ``A ~ N(0, 1/r)``; ``peft`` (PEFT's ``LoraConfig``): ``alpha = 8``, A Kaiming-uniform
 with ``a = sqrt(5)`` as ``nn.Linear``. The official code also starts every block from the same A
-(reference/pvera.md §5.1 E9): ``same_a_every_block``, off unless ``quirks.lora_same_a_every_block``.
+(``models/models.py``: ``local_seed(self.seed)`` re-entered for every block, line 69): ``same_a_every_block``,
+off unless ``quirks.lora_same_a_every_block``.
 """
 
 from __future__ import annotations
@@ -15,15 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pvera_bench.adapters.base import (
-    Convention,
-    InputDropoutConfig,
-    SlicedLinear,
-    Target,
-    find_targets,
-    input_dropout,
-    register_adapter,
-)
+from pvera_bench.adapters.layers import InputDropoutConfig, SlicedLinear, Target, find_targets, input_dropout
+from pvera_bench.adapters.registry import register_adapter
+from pvera_bench.config import Convention
 
 
 @dataclass

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pvera_bench.adapters.base import SAMPLE_MODES, StochasticLayer, register_adapter
+from pvera_bench.adapters.registry import register_adapter
+from pvera_bench.adapters.sampling import SAMPLE_MODES, StochasticLayer
 from pvera_bench.adapters.vera import (
     ProjectionLinear,
     VeraConfig,

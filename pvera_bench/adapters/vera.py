@@ -4,7 +4,8 @@ A and B are frozen random matrices shared by every adapted layer, sized to the l
 adapted layer, which slices them; the trainable vectors are ``d`` and ``b`` (init 0), so
 the layer is unchanged at initialisation. The two conventions differ in four ways:
 
-- ``official`` (leofillioux/pvera, ``models/adapters/vera.py``; reference/pvera.md §1.4, §5.1 E5):
+- ``official`` (leofillioux/pvera, ``models/adapters/vera.py`` lines 16-17
+  and 65-66; the projections in ``models/models.py`` lines 85-90):
   a separate (A, B) pair for each adapted slice (q and v), drawn from torch's global RNG, i.e.
   from the run seed; Kaiming-uniform bounds computed on the official storage, A as ``(in, r)``
   and B as ``(r, out)`` (bounds ``sqrt(6 / r)`` and ``sqrt(6 / out)``); each ``d`` vector filled
@@ -21,15 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pvera_bench.adapters.base import (
-    Convention,
-    InputDropoutConfig,
-    SlicedLinear,
-    find_targets,
-    input_dropout,
-    kaiming_uniform,
-    register_adapter,
-)
+from pvera_bench.adapters.layers import InputDropoutConfig, SlicedLinear, find_targets, input_dropout, kaiming_uniform
+from pvera_bench.adapters.registry import register_adapter
+from pvera_bench.config import Convention
 
 OFFICIAL_D_RANGE = (1e-5, 1.0)  # each d vector starts at one draw of U(1e-5, 1) in the official code
 

@@ -27,9 +27,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from pvera_bench.config import DatasetConfig, TfdsSource
+from pvera_bench.core.errors import UserError
+from pvera_bench.core.files import write_atomically, write_json
 from pvera_bench.data.labels import EXTRACTORS
-from pvera_bench.errors import UserError
-from pvera_bench.results import write_json
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +89,6 @@ def encode_png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def write_bytes_atomic(path: Path, payload: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(payload)
-    temporary.replace(path)
 
 
 def import_tfds(mock: bool):
@@ -189,7 +183,7 @@ class TaskWriter:
             *(self.task_dir / "train800.txt").read_text().splitlines(),
             *(self.task_dir / "val200.txt").read_text().splitlines(),
         ]
-        write_bytes_atomic(self.task_dir / "train800val200.txt", ("\n".join(lines) + "\n").encode())
+        write_atomically(self.task_dir / "train800val200.txt", ("\n".join(lines) + "\n").encode())
         return state["splits"]
 
     def write_split(self, tfds, split: str, resolved: SplitSlice) -> dict:
@@ -213,7 +207,7 @@ class TaskWriter:
                 payload = path.read_bytes()
             else:
                 payload = encode_png(image)
-                write_bytes_atomic(path, payload)
+                write_atomically(path, payload)
             return relative, label, hashlib.sha256(payload).hexdigest()
 
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
@@ -230,7 +224,7 @@ class TaskWriter:
         for relative, label, file_hash in rows:
             digest.update(f"{relative} {label} {file_hash}\n".encode())
         lines = "".join(f"{relative} {label}\n" for relative, label, _ in rows)
-        write_bytes_atomic(self.task_dir / f"{split}.txt", lines.encode())
+        write_atomically(self.task_dir / f"{split}.txt", lines.encode())
         return {"count": count, "sha256": digest.hexdigest()}
 
     def write_manifest(self, version: str, splits: dict) -> None:

@@ -1,4 +1,5 @@
-"""The dataset options of ``conf/dataset/``: the one list of tasks, for data preparation, OOD sets and the tables."""
+"""The dataset options of ``pvera_bench/conf/dataset/``: the one list of tasks, for data preparation, OOD sets and
+the tables."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pvera_bench.cli import CONF_DIR, one_line
-from pvera_bench.config import VTAB_GROUPS, DatasetConfig, OodConfig
-from pvera_bench.errors import UserError
+from pvera_bench.config import CONF_DIR, VTAB_GROUPS, DatasetConfig, OodConfig
+from pvera_bench.core.errors import UserError, one_line
 
 OOD_PRESETS = ("near", "far")  # the other tasks of the run's VTAB-1k group; the tasks of the other groups
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,11 +20,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from pvera_bench.errors import UserError
+from pvera_bench.config import SPLITS
+from pvera_bench.core.errors import UserError
+from pvera_bench.core.files import write_atomically
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train800", "val200", "train800val200", "test")
 FIXED_COUNTS = {"train800": 800, "val200": 200, "train800val200": 1000}  # the "1k" of VTAB-1k
 CACHE_DIR = ".cache"
 CACHE_FORMAT = 1  # bump when the decoded layout changes
@@ -58,7 +57,7 @@ def locate_task(root: Path, name: str, builders: dict[str, Callable[[Path], None
         return task_dir
     raise UserError(
         f"no VTAB-1k data for {name} in {task_dir} (expected {', '.join(s + '.txt' for s in SPLITS)}); "
-        f"prepare it with `python scripts/prepare_vtab.py {name} --root {root}` or point data.root at your copy"
+        f"prepare it with `pvera-bench prepare {name} --root {root}` or point data.root at your copy"
     )
 
 
@@ -99,7 +98,7 @@ def check_against_manifest(task_dir: Path, split: str, count: int, num_classes: 
         try:
             manifest = json.loads(manifest_file.read_text())
         except ValueError:
-            raise UserError(f"{manifest_file}: not valid JSON; rebuild the task with scripts/prepare_vtab.py") from None
+            raise UserError(f"{manifest_file}: not valid JSON; rebuild the task with pvera-bench prepare") from None
     built_for = manifest.get("num_classes", num_classes)
     if built_for != num_classes:
         raise UserError(f"{manifest_file}: the task has {built_for} classes but dataset.num_classes={num_classes}")
@@ -151,12 +150,9 @@ def read_cache(path: Path, fingerprint: str) -> SplitData | None:
 
 def write_cache(path: Path, fingerprint: str, data: SplitData) -> None:
     """Save atomically; a read-only dataset folder only costs the cache."""
+    payload = {"fingerprint": fingerprint, "images": data.images, "labels": data.labels}
     try:
-        path.parent.mkdir(exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(handle)
-        torch.save({"fingerprint": fingerprint, "images": data.images, "labels": data.labels}, temporary)
-        os.replace(temporary, path)  # concurrent runs may race here: either complete file wins
+        write_atomically(path, lambda file: torch.save(payload, file))  # concurrent runs race: a whole file wins
     except OSError as error:
         log.warning("cannot write the decoded cache %s (%s); decoding again next time", path, error)
 

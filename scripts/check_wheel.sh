@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The package installs like a library: build a wheel, install it (not editable) into a fresh venv with the pinned
-# versions, and run the documented commands from a folder outside the checkout. .ci/run calls this after the tests.
+# versions, and run the documented commands from a folder outside the checkout. .ci/run runs it beside the tests.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 python="${PYTHON:-python3.11}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-"$root/.venv/bin/python" -m pip wheel --quiet --disable-pip-version-check --no-deps \
-    -w "$work/dist" "$root"
+mkdir "$work/src"  # the files git tracks, as they are in the working tree: the build writes nothing into the checkout
+git -C "$root" ls-files -z | (cd "$root" && tar --null -T - -cf -) | tar -xf - -C "$work/src"
+"$python" -m pip wheel --quiet --disable-pip-version-check --no-deps -w "$work/dist" "$work/src"
 wheel=("$work"/dist/pvera_bench-*.whl)
 "$python" -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install --quiet --disable-pip-version-check -c "$root/requirements/constraints.txt" \

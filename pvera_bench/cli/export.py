@@ -6,9 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pvera_bench.artefacts.export import PVERA_AS, export_peft
-from pvera_bench.artefacts.hub import push_to_hub
-
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
@@ -18,9 +15,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder to write the PEFT adapter to")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the folder to this hub model repo")
     parser.add_argument(
-        "--pvera-as", choices=PVERA_AS, default="pvera", help="PVeRA as PEFT's PVeRA, or its mean latent as VeRA"
+        "--pvera-as", default="pvera", help="pvera: PEFT's PVeRA (default); vera: PVeRA's mean latent as a VeRA adapter"
     )
     args = parser.parse_args(argv)
+    from pvera_bench.artefacts.export import export_peft  # after the arguments: --help needs no torch
+    from pvera_bench.artefacts.hub import push_to_hub
+
     out = export_peft(args.artefact, args.out, args.pvera_as)
     print(f"wrote {out}")
     if args.push_to_hub:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from pvera_bench.pipeline.params import parameter_report
-
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="pvera-bench params", description=__doc__)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for pvera-bench run (e.g. adapter=lora)")
-    report = parameter_report(parser.parse_args(argv).overrides)
+    overrides = parser.parse_args(argv).overrides
+    from pvera_bench.pipeline.params import parameter_report  # after the arguments: --help needs no torch
+
+    report = parameter_report(overrides)
     print(f"backbone        {report['backbone']} (random weights), head for {report['num_classes']} classes")
     print(f"adapter         {report['adapter']}")
     print(f"adapter params  {report['adapter_params']:,}")

@@ -12,9 +12,6 @@ import logging
 import time
 from pathlib import Path
 
-from pvera_bench.data.prepare import TaskWriter
-from pvera_bench.data.tasks import load_datasets
-
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
@@ -31,6 +28,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=8, help="threads encoding PNGs (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    from pvera_bench.data.prepare import TaskWriter  # after the arguments: --help needs no torch
+    from pvera_bench.data.tasks import load_datasets
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     for option, dataset in load_datasets(args.tasks):
         started = time.perf_counter()

@@ -7,7 +7,6 @@ import argparse
 from pathlib import Path
 
 from pvera_bench.cli.table import TABLES, loaded, plot_task_option, results_folder
-from pvera_bench.reporting.report import write_report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -17,5 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("results/report.html"), help="the HTML file to write")
     plot_task_option(parser)
     args = parser.parse_args(argv)
+    from pvera_bench.reporting.report import write_report  # after the arguments: --help needs no torch
+
     for path in write_report(loaded(args.runs), args.runs, args.tables, args.out, args.plot_task).paths:
         print(f"wrote {path}")

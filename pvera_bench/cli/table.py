@@ -8,9 +8,6 @@ import argparse
 from pathlib import Path
 
 from pvera_bench.core.errors import UserError
-from pvera_bench.reporting.accuracy import display
-from pvera_bench.reporting.results import RUN_COLUMNS, load_results
-from pvera_bench.reporting.tables import write_tables
 
 RUNS, TABLES = Path("results/runs"), Path("results/tables")
 
@@ -31,6 +28,8 @@ def plot_task_option(parser: argparse.ArgumentParser) -> None:
 
 def loaded(runs: Path):
     """The runs under ``runs`` (``load_results``), or a one-line error when the folder does not exist."""
+    from pvera_bench.reporting.results import load_results
+
     if not runs.is_dir():
         raise UserError(f"{runs} does not exist; run some experiments first (see README)")
     return load_results(runs)
@@ -45,6 +44,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", help="with --print: keep only this dataset (folder name, as in result paths)")
     plot_task_option(parser)
     args = parser.parse_args(argv)
+    from pvera_bench.reporting.accuracy import display  # after the arguments: --help needs no torch
+    from pvera_bench.reporting.results import RUN_COLUMNS
+    from pvera_bench.reporting.tables import write_tables
+
     frame = loaded(args.runs)
     if args.print:
         for column in ("backbone", "dataset"):

@@ -26,11 +26,11 @@ from pvera_bench.config.groups import (
     PathsConfig,
     ProtocolConfig,
     QuirksConfig,
+    RunConfig,
     SamplingConfig,
     TfdsSource,
     TrainerConfig,
 )
-from pvera_bench.config.run import RunConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # ships inside the package, so a wheel runs anywhere
 

@@ -31,6 +31,7 @@ from importlib.metadata import version
 from importlib.util import find_spec
 from pathlib import Path
 
+import pandas as pd
 import timm
 import torch
 import torch.nn.functional as F
@@ -294,11 +295,12 @@ def render(report: dict) -> str:
         f"commit {meta['git_commit'][:10]}{' (dirty)' if meta['git_dirty'] else ''}."
     ]
     if rows:
-        lines += ["", "| " + " | ".join(COLUMNS.values()) + " |", "|" + "---|" * len(COLUMNS)]
+        cells = []
         for row in rows:
             if "over_peft_pair_q1" in row:
                 row = {**row, "over_peft_pairs": f"{row['over_peft_pair_q1']:.3f}–{row['over_peft_pair_q3']:.3f}"}
-            lines.append("| " + " | ".join(cell(row.get(key, "")) for key in COLUMNS) + " |")
+            cells.append({label: cell(row.get(key, "")) for key, label in COLUMNS.items()})
+        lines += ["", pd.DataFrame(cells).to_markdown(index=False, disable_numparse=True)]
     if probe:
         lines += [
             "",

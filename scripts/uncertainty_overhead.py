@@ -11,13 +11,15 @@ model's work, not the metrics'.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
+
+from pvera_bench.artefacts.layout import RunFiles, read_result, result_files
 from pvera_bench.artefacts.predictions import read_predictions, write_predictions
 from pvera_bench.cli.runner import run_cli
 from pvera_bench.config import ConformalConfig
@@ -41,24 +43,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timings per run; the median is shown")
     args = parser.parse_args(argv)
     rows = []
-    for path in sorted(args.runs.rglob("*.json")):
-        record = json.loads(path.read_text())
+    for path in result_files(args.runs):
+        record = read_result(path)
         if record.get("status") != "success" or not record.get("predictions"):
             continue
-        stored = path.with_name(record["predictions"])
+        stored = RunFiles(path).predictions
         predictions = read_predictions(stored)
         conformal = ConformalConfig(**record["config"].get("conformal", {}))
         metrics_s = median_seconds(args.repeats, uncertainty_metrics, predictions, conformal)
         with tempfile.TemporaryDirectory() as folder:
             copy = Path(folder) / stored.name
             write_s = median_seconds(args.repeats, write_predictions, copy, predictions, {})
-        rows.append((path.relative_to(args.runs), record["wall_s"], metrics_s, write_s))
+        share = 100 * (metrics_s + write_s) / record["wall_s"]
+        rows.append([str(path.relative_to(args.runs)), f"{record['wall_s']:.1f}", f"{metrics_s:.3f}", f"{write_s:.3f}"])
+        rows[-1].append(f"{share:.2f} %")
     if not rows:
         raise UserError(f"no successful run with a predictions file under {args.runs}; run make demo first")
-    print("| run | run wall (s) | metrics (s) | predictions file (s) | share of the run |")
-    print("|---|---:|---:|---:|---:|")
-    for name, wall, metrics_s, write_s in rows:
-        print(f"| {name} | {wall:.1f} | {metrics_s:.3f} | {write_s:.3f} | {100 * (metrics_s + write_s) / wall:.2f} % |")
+    header = ["run", "run wall (s)", "metrics (s)", "predictions file (s)", "share of the run"]
+    print(pd.DataFrame(rows, columns=header).to_markdown(index=False, disable_numparse=True))
 
 
 if __name__ == "__main__":

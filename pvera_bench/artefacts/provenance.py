@@ -36,7 +36,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def git_state() -> dict[str, Any]:
-    """Commit of the code that ran, and whether the working tree had uncommitted changes ("unknown" when the
+    """Commit of the code that ran, and whether tracked files had uncommitted changes ("unknown" when the
     package is not in a git checkout, e.g. installed from a wheel)."""
 
     def git(*args: str) -> str:
@@ -45,6 +45,9 @@ def git_state() -> dict[str, Any]:
     try:
         if Path(git("rev-parse", "--show-toplevel").strip()) / PACKAGE_DIR.name != PACKAGE_DIR:
             raise OSError  # installed inside some other checkout (e.g. a venv in it): not this code's commit
-        return {"git_commit": git("rev-parse", "HEAD").strip(), "git_dirty": bool(git("status", "--porcelain").strip())}
+        return {
+            "git_commit": git("rev-parse", "HEAD").strip(),
+            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no").strip()),
+        }
     except (OSError, subprocess.CalledProcessError):
         return {"git_commit": "unknown", "git_dirty": None}

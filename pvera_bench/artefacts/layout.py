@@ -31,6 +31,15 @@ NON_IDENTITY_KEYS = {
     "dataset": ("label", "order"),  # how tables show a task, not what a run computes
 }
 METHOD_GROUPS = ("adapter", "grid", "protocol", "sampling", "trainer", "backbone")  # what defines a method
+NUMBER, TEXT = (int, float), (str,)
+RESULT_TYPES = {  # the JSON type of each key a result is read by, when the key is there (None is always allowed)
+    **dict.fromkeys(("status", "adapter", "dataset", "backbone", "sampling", "protocol", "convention"), TEXT),
+    **dict.fromkeys(("seed", "adapter_params", "head_params", "epochs_run", "best_epoch"), (int,)),
+    **dict.fromkeys(("test_top1", "val_top1", "test_nll", "test_ece", "val_nll", "wall_s", "train_wall_s"), NUMBER),
+    **dict.fromkeys(("config", "uncertainty", "machine", "versions"), (dict,)),
+    **dict.fromkeys(("quirks", "grid"), (list,)),
+    **dict.fromkeys(("predictions", "adapter_file", "error", "git_commit"), TEXT),
+}
 
 
 def sha256_of(value: Any) -> str:
@@ -127,6 +136,13 @@ def read_result(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: not a readable result file ({error}); delete or fix it") from None
     if not isinstance(record, dict):
         raise UserError(f"{path}: not a result file (a JSON object); delete or fix it")
+    for key, kinds in RESULT_TYPES.items():
+        value = record.get(key)
+        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+            expected = " or ".join(kind.__name__ for kind in kinds)
+            raise UserError(
+                f"{path}: {key} is {value!r} ({type(value).__name__}), expected {expected}; delete or fix the file"
+            )
     return record
 
 

@@ -14,8 +14,7 @@ from omegaconf import DictConfig
 from pvera_bench.cli.runner import exit_with, run_cli
 from pvera_bench.config import CONF_DIR, RENAMED_PROTOCOLS
 from pvera_bench.core.errors import UserError
-from pvera_bench.pipeline.run import run
-from pvera_bench.pipeline.validate import register_configs
+from pvera_bench.pipeline.validate import register_configs, validate
 
 log = logging.getLogger("pvera_bench")
 register_configs()
@@ -36,6 +35,9 @@ def notice_renamed_protocol() -> None:
 def main(cfg: DictConfig) -> float:
     notice_renamed_protocol()
     try:
+        validate(cfg)  # bad input fails here, before the training stack (timm, torchmetrics) is even imported
+        from pvera_bench.pipeline.run import run
+
         return run(cfg).get("test_top1")
     except UserError as error:
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # the sweep goes on; Hydra re-raises at its end

@@ -5,6 +5,7 @@ uses it)."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from pvera_bench.core.errors import UserError
@@ -30,9 +31,14 @@ def loaded(runs: Path):
     """The runs under ``runs`` (``load_results``), or a one-line error when the folder does not exist."""
     from pvera_bench.reporting.results import load_results
 
+    if runs.exists() and not runs.is_dir():
+        raise UserError(f"--runs {runs} is a file, not the folder of result files (results/runs)")
     if not runs.is_dir():
         raise UserError(f"{runs} does not exist; run some experiments first (see README)")
-    return load_results(runs)
+    frame = load_results(runs)
+    for reason in frame.attrs["unreadable"]:
+        print(f"warning: {reason} (left out of the tables)", file=sys.stderr)
+    return frame
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,5 @@
-"""VTAB-1k tasks on disk: the shared folder layout, decoded once into uint8 tensors."""
+"""VTAB-1k tasks on disk: the shared folder layout, checked before training and decoded once into uint8 tensors."""
 
-from pvera_bench.data.vtab import SPLITS, SplitData, load_split, locate_task
+from pvera_bench.data.vtab import SPLITS, SplitData, check_split, load_split, locate_task
 
-__all__ = ["SPLITS", "SplitData", "load_split", "locate_task"]
+__all__ = ["SPLITS", "SplitData", "check_split", "load_split", "locate_task"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from pvera_bench.config import SPLITS
 from pvera_bench.core.errors import UserError
-from pvera_bench.core.files import write_atomically
+from pvera_bench.core.files import load_tensors, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,20 @@ class SplitData:
 def locate_task(root: Path, name: str, builders: dict[str, Callable[[Path], None]]) -> Path:
     """The task's folder; builds it first when it is missing and an offline builder exists."""
     task_dir = root / name
-    if all((task_dir / f"{split}.txt").is_file() for split in SPLITS):
+    for folder, what in ((root, "data.root"), (task_dir, f"the task folder of {name}")):
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"{what} {folder} is a file, not a folder; point data.root at the VTAB-1k folders")
+    if all((task_dir / f"{split}.txt").exists() for split in SPLITS):
         return task_dir
     if name in builders:
         log.info("building task %s in %s", name, task_dir)
-        builders[name](task_dir)
+        try:
+            builders[name](task_dir)
+        except OSError as error:
+            raise UserError(
+                f"cannot build {name} in {task_dir} ({error.strerror or error}); point data.root at a folder you can "
+                "write to"
+            ) from None
         return task_dir
     raise UserError(
         f"no VTAB-1k data for {name} in {task_dir} (expected {', '.join(s + '.txt' for s in SPLITS)}); "
@@ -61,12 +71,24 @@ def locate_task(root: Path, name: str, builders: dict[str, Callable[[Path], None
     )
 
 
+def split_lines(list_file: Path) -> list[str]:
+    """The lines of a split file; a one-line UserError when it cannot be read as text."""
+    try:
+        return list_file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"{list_file}: not a text file (lines 'relative/path label'); rebuild the task") from None
+    except OSError as error:
+        raise UserError(
+            f"{list_file}: cannot be read ({error.strerror or error}); check the file and its folder"
+        ) from None
+
+
 def read_split_file(task_dir: Path, split: str, num_classes: int) -> list[tuple[Path, int]]:
     """Parse ``<split>.txt``; every problem is reported with its file and line."""
     list_file = task_dir / f"{split}.txt"
     root = task_dir.resolve()
     entries = []
-    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
+    for number, line in enumerate(split_lines(list_file), start=1):
         if not line.strip():
             continue
         where = f"{list_file}:{number}"
@@ -126,19 +148,46 @@ def source_fingerprint(entries: list[tuple[Path, int]], size: tuple[int, int], i
     """Changes whenever a listed file, a label, the resolution or the interpolation changes."""
     digest = hashlib.sha256(f"{CACHE_FORMAT} {size} {interpolation}\n".encode())
     for path, label in entries:
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            raise UserError(f"{path}: listed in the split file but missing") from None
+        stat = listed_file(path)
         digest.update(f"{path} {label} {stat.st_size} {stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
+
+
+def listed_file(path: Path) -> os.stat_result:
+    """The status of an image a split file lists; a one-line UserError when it is missing or cannot be reached."""
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        raise UserError(f"{path}: listed in the split file but missing") from None
+    except OSError as error:
+        raise UserError(f"{path}: listed in the split file but cannot be read ({error.strerror or error})") from None
+
+
+def split_entries(
+    task_dir: Path, split: str, num_classes: int, limit: int | None = None
+) -> tuple[list[tuple[Path, int]], str]:
+    """The (image, label) entries a run reads from a split, checked (lines, labels, paths, count), and the suffix
+    that names them in the cache: with ``limit``, at most that many, a fixed random subset (seed 0) in file order."""
+    entries = read_split_file(task_dir, split, num_classes)
+    check_against_manifest(task_dir, split, len(entries), num_classes)
+    if limit is None or len(entries) <= limit:
+        return entries, ""
+    keep = torch.randperm(len(entries), generator=torch.Generator().manual_seed(0))[:limit].sort().values
+    return [entries[i] for i in keep.tolist()], f"-subset{limit}"
+
+
+def check_split(task_dir: Path, split: str, num_classes: int, limit: int | None = None) -> None:
+    """Everything about a split that can be checked before anything trains: its file (see :func:`split_entries`)
+    and that every image it lists exists. Decoding stays lazy."""
+    for path, _ in split_entries(task_dir, split, num_classes, limit)[0]:
+        listed_file(path)
 
 
 def read_cache(path: Path, fingerprint: str) -> SplitData | None:
     if not path.is_file():
         return None
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_tensors(path)
     except Exception as error:  # a truncated or foreign file is rebuilt, never trusted
         log.warning("decoded cache %s is unreadable (%s); rebuilding it", path, type(error).__name__)
         return None
@@ -168,16 +217,10 @@ def load_split(
     cache: bool = True,
     limit: int | None = None,
 ) -> SplitData:
-    """The split as one uint8 tensor, decoded once and then read from ``<task>/.cache/``.
-
-    With ``limit``, at most that many images: a fixed random subset (seed 0), in the split file's order.
-    """
-    entries = read_split_file(task_dir, split, num_classes)
-    check_against_manifest(task_dir, split, len(entries), num_classes)
-    name = f"{split}-{size[0]}x{size[1]}-{interpolation}"
-    if limit is not None and len(entries) > limit:
-        keep = torch.randperm(len(entries), generator=torch.Generator().manual_seed(0))[:limit].sort().values
-        entries, name = [entries[i] for i in keep.tolist()], f"{name}-subset{limit}"
+    """The split as one uint8 tensor, decoded once and then read from ``<task>/.cache/``; with ``limit``, the
+    subset of :func:`split_entries`."""
+    entries, subset = split_entries(task_dir, split, num_classes, limit)
+    name = f"{split}-{size[0]}x{size[1]}-{interpolation}{subset}"
     cache_path = task_dir / CACHE_DIR / f"{name}.pt"
     fingerprint = source_fingerprint(entries, size, interpolation) if cache else ""
     if cache and (cached := read_cache(cache_path, fingerprint)) is not None:

@@ -11,7 +11,6 @@ threshold that accepts 95 % of the in-distribution ones.
 from __future__ import annotations
 
 import torch
-from torchmetrics.functional.classification import binary_auroc, binary_average_precision, binary_roc
 
 from pvera_bench.evaluation.predict import Predictions, entropy, mutual_information
 
@@ -38,6 +37,8 @@ def confidence_scores(predictions: Predictions) -> dict[str, torch.Tensor]:
 
 def detection_metrics(in_scores: torch.Tensor, out_scores: torch.Tensor) -> dict[str, float]:
     """AUROC, AUPR-In and FPR@95 of a score that should be higher on the in-distribution images."""
+    from torchmetrics.functional.classification import binary_auroc, binary_average_precision, binary_roc
+
     scores = torch.cat([in_scores, out_scores]).double()
     target = torch.cat([torch.ones(len(in_scores)), torch.zeros(len(out_scores))]).long()
     fpr, tpr, _ = binary_roc(scores, target)

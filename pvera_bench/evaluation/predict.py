@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.functional.classification import multiclass_calibration_error
 from tqdm import tqdm
 
 from pvera_bench.adapters import mc_dropout, sample_latents
@@ -88,6 +87,8 @@ def predict(
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = ECE_BINS) -> float:
     """ECE with equal-width confidence bins (torchmetrics, L1)."""
+    from torchmetrics.functional.classification import multiclass_calibration_error  # 2 s to import: when needed
+
     return multiclass_calibration_error(probs, labels, num_classes=probs.shape[1], n_bins=n_bins, norm="l1").item()
 
 

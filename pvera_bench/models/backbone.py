@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,9 +43,11 @@ def create_backbone(config: BackboneConfig, num_classes: int, hub_pos_embed: boo
         overlay = {"file": str(weights)}
     pretrained = config.pretrained or overlay is not None
     try:
-        model = timm.create_model(
-            config.name, pretrained=pretrained, pretrained_cfg_overlay=overlay, num_classes=num_classes, **kwargs
-        )
+        with warnings.catch_warnings():  # torch's note on an unusual pickle protocol: not the user's business
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            model = timm.create_model(
+                config.name, pretrained=pretrained, pretrained_cfg_overlay=overlay, num_classes=num_classes, **kwargs
+            )
     except RuntimeError as error:
         if "Unknown model" in str(error):
             raise UserError(f"backbone.name={config.name}: timm has no such model (see timm.list_models())") from error
@@ -57,6 +60,11 @@ def create_backbone(config: BackboneConfig, num_classes: int, hub_pos_embed: boo
             first_line = str(error).splitlines()[0]
             raise UserError(f"backbone.weights={config.weights} does not fit {config.name}: {first_line}") from error
         raise
+    except TypeError as error:  # a constructor argument timm's model does not take
+        raise UserError(
+            f"backbone.model_kwargs={dict(config.model_kwargs)}: timm's {config.name} refuses them ({error}); "
+            "pass only arguments of its constructor"
+        ) from None
     except (OSError, ValueError) as error:  # hub unreachable or offline, file unreadable
         pretrained_cfg = timm.models.get_pretrained_cfg(config.name)
         hub_id = getattr(pretrained_cfg, "hf_hub_id", None) or f"timm/{config.name}"

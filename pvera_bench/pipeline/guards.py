@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import shutil
 import signal
 import tempfile
@@ -34,17 +35,37 @@ def ensure_writable(folder: Path) -> None:
 
 @contextlib.contextmanager
 def exclusive(lock_path: Path) -> Iterator[bool]:
-    """Hold the run's lock file; yields False when another process holds it (the same run is under way)."""
-    with open(lock_path, "a") as lock:
+    """Hold the run's lock file while the block runs, and remove it after; yields False when another process holds
+    it (the same run is under way).
+
+    The holder removes the file before it unlocks, so a process that opened the file just before then finds its
+    lock on a file that is gone, and takes the lock again on the path: two processes never both hold the run.
+    """
+    while True:
+        lock = open(lock_path, "a")  # noqa: SIM115 (held across the yield)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            lock.close()
             yield False
             return
-        try:
-            yield True
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        if is_same_file(lock_path, lock):
+            break
+        lock.close()
+    try:
+        yield True
+    finally:
+        lock_path.unlink(missing_ok=True)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+
+
+def is_same_file(path: Path, handle) -> bool:
+    """Whether ``path`` still names the file ``handle`` has open."""
+    try:
+        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return False
 
 
 @contextlib.contextmanager

@@ -28,8 +28,8 @@ from pvera_bench.artefacts.provenance import git_state, machine_info, package_ve
 from pvera_bench.config import Split
 from pvera_bench.config.grid import grid_points, with_point
 from pvera_bench.core.errors import UserError
-from pvera_bench.core.files import write_json
-from pvera_bench.data import load_split, locate_task
+from pvera_bench.core.files import WriteError, write_json
+from pvera_bench.data import check_split, load_split, locate_task
 from pvera_bench.data.mnist5k import build_mnist5k
 from pvera_bench.data.tasks import ood_tasks
 from pvera_bench.evaluation.ood import is_ood_key, ood_key
@@ -68,6 +68,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if not owner:
             log.warning("skipped: another process is running %s (it holds %s)", path.name, files.lock)
             return run_identity(cfg, "running elsewhere")
+        if (previous := finished_result(path)) is not None:  # another process finished it while this one started
+            log.info("skipped: %s was finished by another process", path.name)
+            return previous
         record = execute(cfg, inputs, path, config, started)
     log.info(
         "%s %s: test top-1 %.4f (val %s) in %.1f s",
@@ -122,11 +125,19 @@ def predict_for_test(cfg: DictConfig, model: nn.Module, inputs: TaskInputs) -> d
 
 
 def task_inputs(cfg: DictConfig) -> TaskInputs:
-    """The task's splits (and OOD sets) as the run will read them; fails first if the device, a task folder or
-    the adapter is wrong."""
+    """The task's splits (and OOD sets) as the run will read them; fails first, before any model is built, if the
+    device, a task folder, a split file (lines, labels, paths, counts) or a listed image is wrong, then if the
+    adapter does not fit the backbone. Images are decoded when a stage first reads them."""
     device = resolve_device(cfg.trainer.device)
     root = Path(to_absolute_path(cfg.data.root))
-    task_dir = locate_task(root, cfg.dataset.name, OFFLINE_BUILDERS)
+    protocol, task_dir = cfg.protocol, locate_task(root, cfg.dataset.name, OFFLINE_BUILDERS)
+    used = dict.fromkeys(s for s in (protocol.train_split, protocol.val_split, protocol.retrain_split, Split.test) if s)
+    sources = {split: (task_dir, split, cfg.dataset.num_classes, None) for split in used}
+    for task in ood_tasks(cfg.ood, cfg.dataset):
+        ood_dir = locate_task(root, task.name, OFFLINE_BUILDERS)
+        sources[ood_key(task.name)] = (ood_dir, Split.test, task.num_classes, cfg.ood.max_images)
+    for folder, split, num_classes, limit in sources.values():
+        check_split(folder, split, num_classes, limit)
     try:
         spec = input_spec(build_model(cfg))  # also checks the adapter against the backbone's layers
     except ValueError as error:
@@ -139,12 +150,10 @@ def task_inputs(cfg: DictConfig) -> TaskInputs:
         progress=cfg.trainer.progress,
         cache=cfg.data.cache,
     )
-    loaders = {split: functools.partial(load, task_dir, split, cfg.dataset.num_classes) for split in Split}
-    for task in ood_tasks(cfg.ood, cfg.dataset):
-        ood_dir = locate_task(root, task.name, OFFLINE_BUILDERS)
-        loaders[ood_key(task.name)] = functools.partial(
-            load, ood_dir, Split.test, task.num_classes, limit=cfg.ood.max_images
-        )
+    loaders = {
+        key: functools.partial(load, folder, split, num_classes, limit=limit)
+        for key, (folder, split, num_classes, limit) in sources.items()
+    }
     runtime = Runtime(device, Normalizer(spec["mean"], spec["std"]).to(device), cfg.trainer.bf16, cfg.trainer.progress)
     return TaskInputs(loaders, runtime, cfg.trainer.eval_batch_size, cfg.trainer.cache_features)
 
@@ -170,6 +179,11 @@ def execute(cfg: DictConfig, inputs: TaskInputs, path: Path, config: dict, start
             f"preempted: stopped on SIGTERM; checkpoint: {saved}; run the same command again to resume", file=sys.stderr
         )
         raise SystemExit(PREEMPTED_EXIT_CODE) from None
+    except WriteError:
+        raise  # the disk is full or the folder cannot be written: the last good checkpoint stays, to resume from
+    except UserError:
+        checkpoint.remove()  # bad input found under way (an image that does not decode): nothing is left behind
+        raise
     except FloatingPointError as error:
         failed = {**run_identity(cfg, "failed"), "error": str(error), "wall_s": time.perf_counter() - started}
         write_json(path, {**failed, **provenance})

@@ -7,6 +7,7 @@ YAML options extend them and a misspelt key fails at composition; :func:`validat
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from dataclasses import asdict, fields, is_dataclass
 from typing import Any
@@ -63,8 +64,38 @@ def check_grid_point(config: RunConfig, point: Mapping[str, Any]) -> None:
         adapter_config({**asdict(config.adapter), **adapter_values})
 
 
+def unknown_keys(node: DictConfig, prefix: str = "") -> list[tuple[str, list[str]]]:
+    """Every key of ``node`` (recursively) that its schema does not define, with the keys it does define. Fields
+    typed as plain dicts (``grid``, ``backbone.model_kwargs``, ``logger``) take any key."""
+    schema = OmegaConf.get_type(node)
+    if not is_dataclass(schema):
+        return []
+    names = [f.name for f in fields(schema)]
+    found = []
+    for key in node:
+        if key not in names:
+            found.append((f"{prefix}{key}", [f"{prefix}{name}" for name in names]))
+        elif isinstance(child := node._get_node(key), DictConfig):
+            found += unknown_keys(child, f"{prefix}{key}.")
+    return found
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """A key the schema does not define is an error wherever it comes from (``+key``, ``++key``, a YAML option)."""
+    unknown = unknown_keys(cfg)
+    if unknown:
+        key, valid = unknown[0]
+        closest = difflib.get_close_matches(key, valid, n=1, cutoff=0.75)
+        hint = f"did you mean {closest[0]}?" if closest else f"valid keys here: {', '.join(valid)}"
+        raise UserError(
+            f"{key} is not a config key ({hint}); keys cannot be added with + or ++, except timm arguments under "
+            "backbone.model_kwargs"
+        )
+
+
 def validate(cfg: DictConfig) -> RunConfig:
-    """The typed config of a composed one; bad values and combinations end in a one-line UserError."""
+    """The typed config of a composed one; unknown keys, bad values and combinations end in a one-line UserError."""
+    check_keys(cfg)
     try:
         adapter_config(OmegaConf.to_container(cfg.adapter, resolve=True))  # first: its message names the adapter
         config: RunConfig = OmegaConf.to_object(cfg)

@@ -138,7 +138,9 @@ def section_frame(section: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(records, columns=header)
 
 
-def accuracy_document(rows: list[dict], failed: pd.DataFrame, others: pd.DataFrame) -> Document:
+def accuracy_document(
+    rows: list[dict], failed: pd.DataFrame, others: pd.DataFrame, unreadable: list[str] = ()
+) -> Document:
     document = Document("VTAB-1k test top-1 (%)")
     document.text("Per task: mean ± std over seeds. Group means and both averages only when every task is present.")
     if not rows:
@@ -148,7 +150,13 @@ def accuracy_document(rows: list[dict], failed: pd.DataFrame, others: pd.DataFra
     if not others.empty:
         document.heading("Other tasks").table(display(others))
     document.heading("Failed runs (not averaged)")
-    return document.table(display(failed)) if not failed.empty else document.text("None.")
+    if failed.empty:
+        document.text("None.")
+    else:
+        document.table(display(failed))
+    if unreadable:
+        document.heading("Unreadable result files (left out)").bullets(unreadable)
+    return document
 
 
 def display(frame: pd.DataFrame, digits: int = 4) -> pd.DataFrame:

@@ -79,10 +79,15 @@ def mc_dropout_of(record: dict) -> float | None:
 
 def load_results(runs_dir: Path) -> pd.DataFrame:
     """One row per result JSON below ``runs_dir`` (missing keys stay empty), with the parsed JSON itself in
-    ``record`` so that later readers need not parse it again; UserError if there is none."""
-    rows = []
+    ``record`` so that later readers need not parse it again. A file that cannot be read as a result is left out,
+    its one-line reason in ``frame.attrs["unreadable"]``; UserError if no file can be read."""
+    rows, unreadable = [], []
     for path in result_files(runs_dir):
-        record = read_result(path)
+        try:
+            record = read_result(path)
+        except UserError as error:
+            unreadable.append(str(error))
+            continue
         rows.append(
             {key: record.get(key) for key in RUN_COLUMNS}
             | {
@@ -96,8 +101,12 @@ def load_results(runs_dir: Path) -> pd.DataFrame:
             }
         )
     if not rows:
+        if unreadable:
+            raise UserError(f"no readable result file under {runs_dir}; the first: {unreadable[0]}")
         raise UserError(f"no result files under {runs_dir}; run some experiments first (see README)")
-    return pd.DataFrame(rows, columns=[*RUN_COLUMNS, "variant", "mc_dropout", "error", "path", "record"])
+    frame = pd.DataFrame(rows, columns=[*RUN_COLUMNS, "variant", "mc_dropout", "error", "path", "record"])
+    frame.attrs["unreadable"] = unreadable
+    return frame
 
 
 def method_labels(done: pd.DataFrame) -> pd.Series:

@@ -37,7 +37,7 @@ def write_accuracy(frame: pd.DataFrame, out_dir: Path) -> Output:
     failed = frame[frame.status != "success"][FAILED_COLUMNS]
     others = frame[(frame.status == "success") & ~frame.dataset.isin(folders())]
     others = others.groupby(OTHER_TASK_KEYS).test_top1.agg(["mean", "std", "count"]).reset_index()
-    out.document("vtab1k", accuracy_document(rows, failed, others))
+    out.document("vtab1k", accuracy_document(rows, failed, others, frame.attrs.get("unreadable", [])))
     out.csv("vtab1k.csv", long_csv(rows))
     out.text("vtab1k.tex", accuracy_latex(rows))
     ours = [row for row in rows if row["source"].startswith("pvera_bench")]

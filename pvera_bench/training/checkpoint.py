@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from pvera_bench.core.files import write_atomically
+from pvera_bench.core.files import load_tensors, write_atomically
 from pvera_bench.training.loop import FitResult
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class Checkpoint:
         if not self.enabled or not self.path.is_file():
             return RunState()
         try:
-            return RunState.from_checkpoint(torch.load(self.path, map_location="cpu", weights_only=True))
+            return RunState.from_checkpoint(load_tensors(self.path))
         except Exception as error:  # a truncated or foreign checkpoint restarts the run, never runs code
             log.warning("checkpoint %s is unreadable (%s); starting over", self.path, type(error).__name__)
             return RunState()

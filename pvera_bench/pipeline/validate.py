@@ -64,9 +64,9 @@ def check_grid_point(config: RunConfig, point: Mapping[str, Any]) -> None:
         adapter_config({**asdict(config.adapter), **adapter_values})
 
 
-def unknown_keys(node: DictConfig, prefix: str = "") -> list[tuple[str, list[str]]]:
-    """Every key of ``node`` (recursively) that its schema does not define, with the keys it does define. Fields
-    typed as plain dicts (``grid``, ``backbone.model_kwargs``, ``logger``) take any key."""
+def unknown_keys(node: DictConfig, prefix: str = "") -> list[tuple[str, str, list[str]]]:
+    """Every key of ``node`` (recursively) that its schema does not define, as (where, key, the keys defined
+    there). Fields typed as plain dicts (``grid``, ``backbone.model_kwargs``, ``logger``) take any key."""
     schema = OmegaConf.get_type(node)
     if not is_dataclass(schema):
         return []
@@ -74,7 +74,7 @@ def unknown_keys(node: DictConfig, prefix: str = "") -> list[tuple[str, list[str
     found = []
     for key in node:
         if key not in names:
-            found.append((f"{prefix}{key}", [f"{prefix}{name}" for name in names]))
+            found.append((prefix, str(key), names))
         elif isinstance(child := node._get_node(key), DictConfig):
             found += unknown_keys(child, f"{prefix}{key}.")
     return found
@@ -84,12 +84,15 @@ def check_keys(cfg: DictConfig) -> None:
     """A key the schema does not define is an error wherever it comes from (``+key``, ``++key``, a YAML option)."""
     unknown = unknown_keys(cfg)
     if unknown:
-        key, valid = unknown[0]
-        closest = difflib.get_close_matches(key, valid, n=1, cutoff=0.75)
-        hint = f"did you mean {closest[0]}?" if closest else f"valid keys here: {', '.join(valid)}"
+        prefix, key, names = unknown[0]
+        closest = difflib.get_close_matches(key, names, n=1)
+        if closest:
+            hint = f"did you mean {prefix}{closest[0]}?"
+        else:
+            hint = f"{prefix.rstrip('.') or 'the config'} has {', '.join(names)}"
         raise UserError(
-            f"{key} is not a config key ({hint}); keys cannot be added with + or ++, except timm arguments under "
-            "backbone.model_kwargs"
+            f"{prefix}{key} is not a config key ({hint}); keys cannot be added with + or ++, except timm arguments "
+            "under backbone.model_kwargs"
         )
 
 

@@ -29,7 +29,8 @@ from pvera_bench.reporting.results import load_results
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("+foo=1", "foo is not a config key (valid keys here: adapter, dataset"),
+        ("+xyz=1", "xyz is not a config key (the config has adapter, dataset, backbone"),
+        ("+trainer.xyz=1", "trainer.xyz is not a config key (trainer has epochs, batch_size, eval_batch_size"),
         ("+trainer.lrr=1", "trainer.lrr is not a config key (did you mean trainer.lr?)"),
         ("++trainer.epoch=3", "trainer.epoch is not a config key (did you mean trainer.epochs?)"),
         ("+adapter.rr=4", "adapter.rr is not a config key (did you mean adapter.r?)"),

@@ -48,6 +48,19 @@ def test_warmup_then_cosine_schedule():
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
 
 
+def test_a_warmup_as_long_as_training_lasts_the_whole_run_and_says_so(caplog):
+    trainer = TrainerConfig(epochs=1, lr=1.0, scheduler="cosine", warmup_epochs=2)  # the demo trainer at 1 epoch
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(optimizer, trainer, steps_per_epoch=4)
+    lrs = []
+    for _ in range(4):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx([1 / 8, 2 / 8, 3 / 8, 4 / 8])
+    assert "trainer.warmup_epochs=2 >= trainer.epochs=1" in caplog.text and "reaches 0.5 of trainer.lr" in caplog.text
+
+
 def test_constant_schedule_stays_at_lr():
     trainer = TrainerConfig(epochs=3, lr=0.1, scheduler="constant")
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)

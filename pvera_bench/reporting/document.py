@@ -7,6 +7,7 @@ Every number a table shows is formatted by :func:`number`.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -40,7 +41,8 @@ class Block:
     def html_table(self) -> Markup:
         """The table as HTML (pandas Styler), numeric cells right-aligned; cells are escaped."""
         numeric = self.frame.map(lambda cell: "num" if NUMERIC_CELL.match(str(cell)) else "")
-        styler = self.frame.style.hide(axis="index").set_td_classes(numeric).format(escape="html")
+        uuid = hashlib.sha256(self.frame.to_csv().encode()).hexdigest()[:8]  # the same page for the same tables
+        styler = self.frame.style.set_uuid(uuid).hide(axis="index").set_td_classes(numeric).format(escape="html")
         return Markup(styler.to_html(table_attributes='class="data"'))
 
 

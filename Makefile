@@ -23,7 +23,7 @@ $(VENV)/.install-dev: $(VENV)/.install-base
 
 install: $(VENV)/.install-base  ## create .venv with the pinned runtime (torch, timm, hydra, ...)
 
-install-dev: $(VENV)/.install-dev  ## add the test tools (pytest, ruff, peft)
+install-dev: $(VENV)/.install-dev  ## add the test tools (pytest, ruff, import-linter, peft)
 
 demo: install  ## offline demo: linear, lora, vera, pvera on mnist5k with a tiny ViT, then the table
 	$(BENCH) run --multirun experiment=demo adapter=linear,lora,vera,pvera trainer.progress=false

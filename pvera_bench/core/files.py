@@ -34,10 +34,14 @@ def free_bytes(folder: Path) -> int | None:
         return None
 
 
-def write_error(path: Path, error: BaseException) -> WriteError:
-    """What to tell the user about a write of ``path`` that failed with ``error``."""
+def write_error(path: Path, error: OSError | RuntimeError) -> WriteError | None:
+    """What to tell the user about a write of ``path`` that failed with ``error``: an OS error always, a writer's
+    ``RuntimeError`` (``torch.save`` reports a full disk so) only when the disk is nearly full; None otherwise."""
     free = free_bytes(path.parent)
-    if getattr(error, "errno", None) == errno.ENOSPC or (not isinstance(error, OSError) and nearly_full(path.parent)):
+    nearly_full = free is not None and free < NEARLY_FULL_BYTES
+    if not isinstance(error, OSError) and not nearly_full:
+        return None
+    if getattr(error, "errno", None) == errno.ENOSPC or not isinstance(error, OSError):
         left = f"{free >> 20} MiB" if free is not None else "no space"
         message = (
             f"cannot write {path}: the disk is full ({left} left in {path.parent}); free some space or choose another "
@@ -45,9 +49,9 @@ def write_error(path: Path, error: BaseException) -> WriteError:
         )
         code = errno.ENOSPC
     else:
-        reason = getattr(error, "strerror", None) or (str(error).splitlines() or [type(error).__name__])[0]
+        reason = error.strerror or (str(error).splitlines() or [type(error).__name__])[0]
         message = f"cannot write {path} ({reason}); check that {path.parent} is a folder you can write to"
-        code = getattr(error, "errno", None)
+        code = error.errno
     failure = WriteError(message)
     failure.errno = code
     return failure
@@ -80,14 +84,10 @@ def write_atomically(path: Path, data: bytes | str | Callable[[IO[bytes]], objec
     except BaseException as error:
         if temporary is not None:
             Path(temporary).unlink(missing_ok=True)
-        if isinstance(error, OSError) or (isinstance(error, RuntimeError) and nearly_full(path.parent)):
-            raise write_error(path, error) from error
+        failure = write_error(path, error) if isinstance(error, OSError | RuntimeError) else None
+        if failure is not None:
+            raise failure from error
         raise
-
-
-def nearly_full(folder: Path) -> bool:
-    free = free_bytes(folder)
-    return free is not None and free < NEARLY_FULL_BYTES
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

@@ -33,15 +33,20 @@ def test_ece_of_a_calibrated_bin_is_zero():
     assert classification_metrics(probs, labels)["ece"] == pytest.approx(0.0)
 
 
-def test_warmup_then_cosine_schedule():
-    trainer = TrainerConfig(epochs=10, lr=1.0, scheduler="cosine", warmup_epochs=2)
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = build_scheduler(optimizer, trainer, steps_per_epoch=5)
+def scheduled_lrs(trainer: TrainerConfig, steps_per_epoch: int) -> list[float]:
+    """The learning rate of every step of a whole run under ``build_scheduler``."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=trainer.lr)
+    scheduler = build_scheduler(optimizer, trainer, steps_per_epoch)
     lrs = []
-    for _ in range(50):
+    for _ in range(trainer.epochs * steps_per_epoch):
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
+    return lrs
+
+
+def test_warmup_then_cosine_schedule():
+    lrs = scheduled_lrs(TrainerConfig(epochs=10, lr=1.0, scheduler="cosine", warmup_epochs=2), steps_per_epoch=5)
     assert lrs[:10] == pytest.approx([(i + 1) / 10 for i in range(10)])
     assert lrs[10] == pytest.approx(1.0)
     assert lrs[30] == pytest.approx(0.5 * (1 + math.cos(math.pi * 20 / 40)))
@@ -50,13 +55,7 @@ def test_warmup_then_cosine_schedule():
 
 def test_a_warmup_as_long_as_training_lasts_the_whole_run_and_says_so(caplog):
     trainer = TrainerConfig(epochs=1, lr=1.0, scheduler="cosine", warmup_epochs=2)  # the demo trainer at 1 epoch
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = build_scheduler(optimizer, trainer, steps_per_epoch=4)
-    lrs = []
-    for _ in range(4):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
+    lrs = scheduled_lrs(trainer, steps_per_epoch=4)
     assert lrs == pytest.approx([1 / 8, 2 / 8, 3 / 8, 4 / 8])
     assert "trainer.warmup_epochs=2 >= trainer.epochs=1" in caplog.text and "reaches 0.5 of trainer.lr" in caplog.text
 

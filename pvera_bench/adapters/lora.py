@@ -59,17 +59,22 @@ class LoraLinear(SlicedLinear):
                 nn.init.kaiming_uniform_(a, a=math.sqrt(5))
         self.lora_dropout = input_dropout(config)
 
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The down- and up-projections of every slice, ``(n_slices, r, in)`` and ``(n_slices, width, r)``."""
+        return self.lora_A, self.lora_B
+
     def update(self, x: torch.Tensor) -> torch.Tensor:
         """``(alpha / r) B_i A_i dropout(x)`` for every slice i, ``(..., n_slices, width)``."""
         x = self.lora_dropout(x)
-        per_slice = [F.linear(F.linear(x, a), b) for a, b in zip(self.lora_A, self.lora_B, strict=True)]
+        per_slice = [F.linear(F.linear(x, down), up) for down, up in zip(*self.factors(), strict=True)]
         return self.scaling * torch.stack(per_slice, dim=-2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.add_to_slices(self.base_layer(x), self.update(x))
 
     def delta_weight(self) -> torch.Tensor:
-        return self.scaling * (self.lora_B @ self.lora_A)
+        down, up = self.factors()
+        return self.scaling * (up @ down)
 
 
 def low_rank_targets(model: nn.Module, config: LoraConfig) -> list[Target]:

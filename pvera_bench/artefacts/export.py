@@ -20,7 +20,8 @@ What maps to what:
 - LoRA and DoRA: ``LoraConfig`` (``use_dora`` for DoRA) with ``lora_alpha`` = the run's ``alpha`` (``r`` for the
   official code's unscaled DoRA, ``quirks.dora_unscaled``). Both conventions export: they differ only in how the
   tensors start, which PEFT does not need. A frozen DoRA magnitude (``quirks.dora_frozen_magnitude``) exports as
-  PEFT's magnitude, with the same value (trainable again if one trains on).
+  PEFT's magnitude, with the same value (trainable again if one trains on). The official code's transposed
+  update and per-column norm (``quirks.dora_transposed_update``, ``quirks.dora_column_norm``) are refused.
 - VeRA: ``VeraConfig`` with the run's random projections saved in the folder (``save_projection=True``), and
   ``alpha`` folded into ``lambda_b`` (PEFT's VeRA has no alpha).
 - PVeRA: PEFT's own ``PveraConfig`` (the mean and the log-variance rows, ``sample_at_inference=False``: eval
@@ -86,6 +87,12 @@ def check_exportable(info: dict[str, Any], projections: torch.Tensor | None) -> 
     name, convention = info["adapter"]["name"], info["adapter"]["convention"]
     if name not in EXPORTABLE:
         raise UserError(f"adapter {name} has no PEFT export; exportable adapters: {', '.join(EXPORTABLE)}")
+    official_layout = [key for key in ("transposed_update", "column_norm") if info["adapter"].get(key)]
+    if official_layout:
+        raise UserError(
+            f"adapter {name} was trained with adapter.{official_layout[0]} (the official code's DoRA, "
+            f"quirks.dora_{official_layout[0]}), which PEFT's DoRA cannot express: train without it to export"
+        )
     if projections is not None and projections.shape[0] != 1:
         raise UserError(
             f"adapter {name} was trained under adapter.convention={convention}, which draws one random projection "

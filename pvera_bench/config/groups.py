@@ -124,6 +124,8 @@ class QuirksConfig:
     lora_same_a_every_block: bool = False  # E9: every block's LoRA starts from the same A
     dora_frozen_magnitude: bool = False  # E2a: DoRA's magnitudes do not train
     dora_unscaled: bool = False  # E2b: DoRA's update is not scaled by alpha / r
+    dora_transposed_update: bool = False  # E2c: DoRA's update is (B A)^T: the zero factor projects down
+    dora_column_norm: bool = False  # E2e: DoRA's norm and magnitude are per input column
     hub_pos_embed: bool = False  # torch.hub DINOv2: position embeddings resized bicubic, no antialias, +0.1 offset
     bilinear_resize: bool = False  # images resized bilinearly (torchvision's Resize) whatever the backbone's default
 
@@ -133,6 +135,8 @@ ADAPTER_QUIRKS = {
     "lora_same_a_every_block": ("lora", "same_a_every_block"),
     "dora_frozen_magnitude": ("dora", "frozen_magnitude"),
     "dora_unscaled": ("dora", "unscaled"),
+    "dora_transposed_update": ("dora", "transposed_update"),
+    "dora_column_norm": ("dora", "column_norm"),
 }
 
 

@@ -67,6 +67,15 @@ def test_lora_and_dora_match_peft(name, use_dora):
     reference = peft_reference(peft.LoraConfig(r=4, lora_alpha=8, target_modules=QV, use_dora=use_dora))
     copy_low_rank(ours, reference, "qv")
     assert_same_outputs(ours, reference)
+    # and the same gradients of the adapter's tensors (PEFT's DoRA detaches the norm, as the peft convention does)
+    for b, block in enumerate(ours.blocks):
+        for i, slice_name in enumerate("qv"):
+            target = peft_layer(reference, b, slice_name)
+            for ours_grad, peft_grad in [
+                (block.attn.qkv.lora_A.grad[i], target.lora_A["default"].weight.grad),
+                (block.attn.qkv.lora_B.grad[i], target.lora_B["default"].weight.grad),
+            ]:
+                torch.testing.assert_close(ours_grad, peft_grad, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["vera", "pvera"])

@@ -9,19 +9,28 @@
 The contract: :mod:`~pvera_bench.adapters.registry` (the registry and the config a model carries),
 :mod:`~pvera_bench.adapters.layers` (the :class:`AdaptedLayer` every wrapper is, targets, q/v slices),
 :mod:`~pvera_bench.adapters.sampling` (KL term, test-time latent, MC dropout), :mod:`~pvera_bench.adapters.api`
-(apply, merge, what trains). Each other module is one adapter, imported below so that it registers.
+(apply, merge, what trains). Each other module is one adapter, imported below so that it registers; adapters of
+other packages register through their entry points (:mod:`pvera_bench.core.plugins`, docs/own_adapter.md).
 """
 
 from pvera_bench.adapters import (  # noqa: F401  (each module registers its adapter)
     adaptformer,
+    adapter_plus,
+    bitfit,
     bottleneck,
+    convpass,
     dora,
+    fact,
     full,
     ia3,
     linear,
+    ln_tuning,
     lora,
     pvera,
+    repadapter,
+    ssf,
     vera,
+    vpt,
 )
 from pvera_bench.adapters.api import (
     adapter_parameters,
@@ -42,10 +51,13 @@ from pvera_bench.adapters.registry import (
     adapter_config,
     applied_adapter,
     copy_model,
+    load_adapter_plugins,
     register_adapter,
 )
 from pvera_bench.adapters.sampling import SAMPLE_MODES, StochasticLayer, adapter_loss, mc_dropout, sample_latents
 from pvera_bench.config import AdapterConfig
+
+load_adapter_plugins()  # the adapters other installed packages declare (pvera_bench.core.plugins)
 
 __all__ = [
     "ADAPTERS",

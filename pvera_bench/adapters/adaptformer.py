@@ -10,6 +10,10 @@ adapter starts:
   from the first step.
 - ``peft`` (the paper's equation; PEFT has no AdaptFormer): ``h = LN(x)``, the MLP's input; ``s`` is
   fixed (0.1 in the paper); ``up`` and the biases start at zero, so the model is unchanged at init.
+
+The bottleneck is ``hidden_dim`` wide, or ``width // reduction``: the official code's ``reduction_ratios``
+4/8/16 and ``int(fc1.in_features / reduction_ratio)``
+(:class:`~pvera_bench.adapters.bottleneck.BottleneckWidthConfig`).
 """
 
 from __future__ import annotations
@@ -19,38 +23,33 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pvera_bench.adapters.bottleneck import BottleneckWidthConfig
 from pvera_bench.adapters.layers import AdaptedLayer
 from pvera_bench.adapters.registry import register_adapter
-from pvera_bench.config import AdapterConfig, Convention
+from pvera_bench.config import Convention
+
+SCALES = {Convention.official: 1.0, Convention.peft: 0.1}  # s when ``scale`` is None
 
 
 @dataclass
-class AdaptFormerConfig(AdapterConfig):
+class AdaptFormerConfig(BottleneckWidthConfig):
     """Args:
     hidden_dim: width of the bottleneck (64 in the paper's VTAB experiments).
     scale: the factor s on the adapter's output (learnable under ``official``); None: 1 (``official``)
-        or 0.1 (``peft``).
+        or 0.1 (``peft``), resolved when the adapter is built, so that the convention chosen decides it.
     """
 
-    hidden_dim: int = 64
     scale: float | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.scale is None:
-            self.scale = 0.1 if self.convention == Convention.peft else 1.0
-        if self.hidden_dim < 1:
-            raise ValueError(f"adapter.hidden_dim must be >= 1, got {self.hidden_dim}")
 
 
 class ParallelAdapter(AdaptedLayer):
     """Wraps the MLP: ``base_layer(h) + s · up(ReLU(down(h)))``."""
 
-    def __init__(self, base_layer: nn.Module, dim: int, config: AdaptFormerConfig) -> None:
+    def __init__(self, base_layer: nn.Module, dim: int, hidden: int, config: AdaptFormerConfig) -> None:
         super().__init__(base_layer)
-        self.adaptformer_down = nn.Linear(dim, config.hidden_dim)  # keeps nn.Linear's Kaiming-uniform weight
-        self.adaptformer_up = nn.Linear(config.hidden_dim, dim)
-        scale = torch.tensor([config.scale])
+        self.adaptformer_down = nn.Linear(dim, hidden)  # keeps nn.Linear's Kaiming-uniform weight
+        self.adaptformer_up = nn.Linear(hidden, dim)
+        scale = torch.tensor([SCALES[config.convention] if config.scale is None else config.scale])
         if config.convention == Convention.official:
             self.adaptformer_scale = nn.Parameter(scale)
         else:
@@ -64,12 +63,13 @@ class ParallelAdapter(AdaptedLayer):
 
 
 def inject(model: nn.Module, config: AdaptFormerConfig) -> None:
+    hidden = config.hidden_width(model.embed_dim)
     for block in model.blocks:
         if config.convention == Convention.official:  # the adapter reads the stream before norm2
-            block.mlp = ParallelAdapter(nn.Sequential(block.norm2, block.mlp), model.embed_dim, config)
+            block.mlp = ParallelAdapter(nn.Sequential(block.norm2, block.mlp), model.embed_dim, hidden, config)
             block.norm2 = nn.Identity()
         else:
-            block.mlp = ParallelAdapter(block.mlp, model.embed_dim, config)
+            block.mlp = ParallelAdapter(block.mlp, model.embed_dim, hidden, config)
 
 
 register_adapter("adaptformer", AdaptFormerConfig, inject, prefix="adaptformer_", identity_at_init=(Convention.peft,))

@@ -1,7 +1,8 @@
 """The adapter registry, and which adapter a model carries.
 
-An adapter registers once, by name, with :func:`register_adapter`; :data:`ADAPTERS` is what the ``adapter``
-config group, :func:`~pvera_bench.adapters.apply_adapter` and the tests iterate over. The config of the adapter
+An adapter registers once, by name, with :func:`register_adapter`: the built-in ones when
+:mod:`pvera_bench.adapters` imports them, those of other packages when :func:`load_adapter_plugins` imports the
+modules they declare (:mod:`pvera_bench.core.plugins`). :data:`ADAPTERS` is what the ``adapter`` config group, :func:`~pvera_bench.adapters.apply_adapter` and the tests iterate over. The config of the adapter
 applied to a model is kept here, keyed by the model (not as an attribute on the timm model); models copied with
 :func:`copy_model` keep it.
 """
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from pvera_bench.config import AdapterConfig, Convention
+from pvera_bench.core.errors import UserError
+from pvera_bench.core.plugins import ADAPTER_GROUP, declared, origin
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,20 @@ def register_adapter(
     if name in ADAPTERS:
         raise ValueError(f"adapter {name!r} is registered twice")
     ADAPTERS[name] = AdapterSpec(name, config_cls, inject, prefix, mergeable, stochastic, identity_at_init)
+
+
+def load_adapter_plugins() -> None:
+    """Import the module of every ``pvera_bench.adapters`` entry point; each must register the adapter it is named
+    after. A module that fails to import, or registers no such adapter, is a :class:`UserError` naming it."""
+    for entry in declared(ADAPTER_GROUP):
+        if entry.name in ADAPTERS:
+            raise UserError(f"{origin(entry)}: adapter {entry.name!r} is already registered; rename the entry point")
+        try:
+            entry.load()
+        except Exception as error:  # noqa: BLE001 (whatever the plugin raises, the user must fix the plugin)
+            raise UserError(f"{origin(entry)} failed to import: {type(error).__name__}: {error}") from error
+        if entry.name not in ADAPTERS:
+            raise UserError(f"{origin(entry)}: the module registers no adapter {entry.name!r} (register_adapter)")
 
 
 @dataclass(frozen=True)

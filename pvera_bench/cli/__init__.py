@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-from pvera_bench.cli.runner import run_cli
+from pvera_bench.cli.runner import exit_with, run_cli
+from pvera_bench.core.errors import UserError
 
 # subcommand -> (module under pvera_bench.cli, what it does)
 COMMANDS = {
@@ -51,7 +52,10 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
-    module = importlib.import_module(f"pvera_bench.cli.{COMMANDS[name][0]}")
+    try:
+        module = importlib.import_module(f"pvera_bench.cli.{COMMANDS[name][0]}")
+    except UserError as error:  # e.g. an installed adapter plugin that fails to import (pvera_bench.core.plugins)
+        exit_with(error)
     if name == "run":
         module.command(arguments)
     else:

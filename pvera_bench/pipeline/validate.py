@@ -30,6 +30,7 @@ from pvera_bench.config import (
 )
 from pvera_bench.config.grid import grid_points
 from pvera_bench.core.errors import UserError, one_line
+from pvera_bench.core.plugins import config_search_path
 from pvera_bench.data.tasks import ood_tasks
 
 
@@ -114,7 +115,10 @@ def validate(cfg: DictConfig) -> RunConfig:
 
 
 def register_configs() -> None:
-    """Store the group schemas so that the YAML options can extend them."""
+    """Store the group schemas so that the YAML options can extend them, and name the plugins' config packages
+    (``${pvera_bench_searchpath:}``, Hydra's search path in ``conf/config.yaml``)."""
+    search_path = config_search_path()  # a broken plugin fails here, in its own words
+    OmegaConf.register_new_resolver("pvera_bench_searchpath", lambda: search_path, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
     for group, node in [

@@ -78,6 +78,12 @@ def our_rows(frame: pd.DataFrame) -> list[dict]:
     return rows
 
 
+def published_label(method: str, adapter: str, beside_ours: bool) -> str:
+    """A published row's method, with the adapter of ours that implements it (the CSV's ``ours`` column)."""
+    label = f"{method} (published)" if beside_ours else method
+    return f"{label} = ours: {adapter}" if adapter else label
+
+
 def reference_rows(ours: list[dict]) -> list[dict]:
     """Published rows for the backbones we have results for (per-task values, or a reported average).
 
@@ -89,7 +95,9 @@ def reference_rows(ours: list[dict]) -> list[dict]:
     published = pd.read_csv(PUBLISHED)
     folder_of = {option: config.name for option, config in columns()}  # the CSV names tasks by dataset option
     rows = []
-    for (method, backbone, source, protocol), values in published.groupby(["method", "backbone", "source", "protocol"]):
+    published["ours"] = published.ours.fillna("")
+    grouped = published.groupby(["method", "ours", "backbone", "source", "protocol"])
+    for (method, adapter, backbone, source, protocol), values in grouped:
         matching = [k for k, name in BACKBONE_NAMES.items() if name == backbone and k in backbones]
         if not matching:
             continue
@@ -100,7 +108,7 @@ def reference_rows(ours: list[dict]) -> list[dict]:
             {
                 "backbone": matching[0],
                 "protocol": paper_sections[matching[0]] if beside_ours else f"published: {protocol}",
-                "method": f"{method} (published)" if beside_ours else method,
+                "method": published_label(method, adapter, beside_ours),
                 "source": source,
                 "per_task": per_task,
                 "std": {},

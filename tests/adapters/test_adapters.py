@@ -4,6 +4,7 @@ identity at init, merging, counts, sampling; and each adapter's own equation."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -86,7 +87,7 @@ def test_adapters_not_identity_at_init_change_the_output(name, convention, image
     with torch.no_grad():
         change = (adapted(images) - backbone(images)).abs().max().item()
     assert change > 1e-4
-    if convention == Convention.peft:
+    if convention == Convention.peft and name != "ssf":  # SSF's paper starts at N(1, 0.02), as its official code
         assert change < 0.1
 
 
@@ -94,6 +95,8 @@ def test_adapters_not_identity_at_init_change_the_output(name, convention, image
 @pytest.mark.parametrize("slices", [None, "default"], ids=["whole-fused-qkv", "default-slices"])
 @pytest.mark.parametrize("name", MERGEABLE)
 def test_merged_equals_unmerged(name, slices, convention, images):
+    if slices is None and "qkv_slices" not in {f.name for f in dataclasses.fields(ADAPTERS[name].config_cls)}:
+        pytest.skip(f"{name} adapts no qkv slices")
     model = apply_adapter(tiny_vit(), name, convention=convention, **({"qkv_slices": None} if slices is None else {}))
     model.train()
     model(images).square().sum().backward()  # the training path runs too
@@ -170,7 +173,8 @@ def test_bf16_autocast_gradients_are_close_to_fp32(name, images):
     (AdaptFormer is left out: on this tiny ViT a few of its ReLU gates flip sign in bf16, which moves its
     first block's down-projection gradient by up to ~25 %: rounding, not a cast error.)
     """
-    model = apply_adapter(tiny_vit(), name).train()
+    hparams = {"dropout": 0.0} if name.startswith("fact") else {}  # FacT's 0.1 dropout adds bf16 noise above 0.03
+    model = apply_adapter(tiny_vit(), name, **hparams).train()
     perturb(model)
     grads = {}
     for autocast in (False, True):
@@ -336,7 +340,9 @@ def test_sample_latents_restores_the_previous_mode(name):
 
 
 def test_apply_adapter_rejects_bad_input():
-    with pytest.raises(ValueError, match="unknown adapter 'nope'; registered: adaptformer, bottleneck, dora"):
+    with pytest.raises(
+        ValueError, match="unknown adapter 'nope'; registered: adapter_plus, adaptformer, bitfit, bottleneck"
+    ):
         apply_adapter(tiny_vit(), "nope")
     model = apply_adapter(tiny_vit(), "lora")
     with pytest.raises(ValueError, match="model already has adapter 'lora'"):

@@ -111,7 +111,7 @@ def test_missing_cells_stay_empty_and_failed_runs_are_not_averaged(tmp_path, run
 def test_published_rows_sit_beside_ours_with_source_and_protocol(tmp_path, runs):
     write_tables(runs, tmp_path / "tables")
     frame = pd.read_csv(tmp_path / "tables" / "vtab1k.csv")
-    petl = frame[(frame.method == "LoRA") & frame.source.str.contains("PETL_Vision")]
+    petl = frame[(frame.method == "LoRA = ours: lora") & frame.source.str.contains("PETL_Vision")]
     assert petl[petl.task == "cifar"].top1.item() == pytest.approx(70.2)
     assert petl[petl.task == "Mean (groups)"].top1.item() == pytest.approx(75.24, abs=0.01)
     assert petl[petl.task == "Mean (19)"].top1.item() == pytest.approx(72.91, abs=0.01)
@@ -124,7 +124,9 @@ def test_pvera_paper_averages_beside_dinov2_results(tmp_path):
     write_tables(tmp_path / "runs", tmp_path / "tables")
     frame = pd.read_csv(tmp_path / "tables" / "vtab1k.csv")
     reported = frame[frame.task == "reported average"].set_index("method").top1
-    assert reported["PVeRA"] == pytest.approx(71.4) and reported["VeRA"] == pytest.approx(69.9)
+    assert reported["PVeRA = ours: pvera"] == pytest.approx(71.4) and reported["VeRA = ours: vera"] == pytest.approx(
+        69.9
+    )
 
 
 def test_paper_rows_sit_in_the_table_of_a_mock_pvera_paper_sweep(tmp_path):
@@ -138,7 +140,7 @@ def test_paper_rows_sit_in_the_table_of_a_mock_pvera_paper_sweep(tmp_path):
     text = squeezed((tmp_path / "tables" / "vtab1k.md").read_text())
     paper_table = text.split(f"## dinov2_vitb14 · early_stop · {PAPER_SETUP}")[1].split("\n## ")[0]
     rows = [line.split(" | ")[0].strip("| ") for line in paper_table.splitlines() if line.startswith("| ")][1:]
-    assert rows == ["pvera", "vera", "PVeRA (published)", "VeRA (published)"]
+    assert rows == ["pvera", "vera", "PVeRA (published) = ours: pvera", "VeRA (published) = ours: vera"]
     assert "| 72.0 ± 0.0 |" in paper_table and "71.4" in paper_table and "69.9" in paper_table
     plain_table = text.split("## dinov2_vitb14 · early_stop · official convention\n")[1].split("\n## ")[0]
     assert "62.0 ± 0.0" in plain_table and "published" not in plain_table  # the quirk-free runs have no paper rows
@@ -276,3 +278,36 @@ def test_the_accuracy_plot_of_a_partial_sweep_says_what_it_averages_and_has_no_o
     assert axes.yaxis.get_offset_text().get_text() == ""  # both points at 62.5: no "1e-7+6.25"
     legend = [text.get_text() for text in axes.get_legend().get_texts()]
     assert legend[0] == "lora (tiny, early_stop · official convention) [partial: mean of 2 of 19 tasks]"
+
+
+NEW_BASELINES = {  # the published rows of each method added with issue 22, by their CSV name and source
+    "vpt_deep": ("VPT-deep", "PETL_Vision", "cifar", 71.6),
+    "ssf": ("SSF", "V-PETL", "cifar", 69.0),
+    "bitfit": ("BitFit", "PETL_Vision", "cifar", None),
+    "fact_tk": ("FacT-TK", "PETL_Vision", "cifar", None),
+    "fact_tt": ("FacT-TT", "PETL_Vision", "cifar", None),
+    "convpass": ("Convpass", "PETL_Vision", "cifar", None),
+    "repadapter": ("RepAdapter", "PETL_Vision", "cifar", None),
+}
+
+
+def test_every_method_on_mock_19_task_results_has_its_published_rows_beside_it(tmp_path):
+    root = tmp_path / "runs"
+    for name in ["vpt_shallow", "ln_tuning", "adapter_plus", *NEW_BASELINES]:
+        for i, task in enumerate(folders()):
+            write_run(root, name, task, 0, 0.40 + i / 100)
+    write_tables(root, tmp_path / "tables")
+    frame = pd.read_csv(tmp_path / "tables" / "vtab1k.csv")
+    ours = frame[frame.source == "pvera_bench (this repo)"]
+    assert set(ours.method) == {"vpt_shallow", "ln_tuning", "adapter_plus", *NEW_BASELINES}
+    csv = pd.read_csv("pvera_bench/reporting/published_vtab1k.csv")
+    for adapter, (method, source, task, value) in NEW_BASELINES.items():
+        rows = frame[frame.method.str.startswith(f"{method} = ours: {adapter}") & frame.source.str.contains(source)]
+        published = csv[(csv.method == method) & csv.source.str.contains(source) & (csv.task == "cifar100")]
+        assert rows[rows.task == task].top1.item() == pytest.approx(published.top1.item()), method
+        if value is not None:
+            assert published.top1.item() == pytest.approx(value)
+        assert rows.protocol.str.startswith("published: ").all()
+    markdown = squeezed((tmp_path / "tables" / "vtab1k.md").read_text())
+    assert "| Houlsby adapter (rand init) = ours: bottleneck |" in markdown
+    assert "| Pfeiffer adapter (LoRA init) = ours: bottleneck placement=pfeiffer |" in markdown

@@ -33,7 +33,8 @@ def misdeclared(monkeypatch, name: str, **changes) -> str:
         (
             "lora",
             {"prefix": "lora_A"},
-            "lora_misdeclared: trains what it declares: blocks.0.attn.qkv.lora_B is a parameter the adapter adds, frozen",
+            "lora_misdeclared: trains what it declares: blocks.0.attn.qkv.lora_B is a parameter the adapter adds, "
+            "frozen",
         ),
         ("bottleneck", {"identity_at_init": ("official",)}, "identity at init (convention=official): outputs differ"),
         ("ia3", {"stochastic": True}, "ia3_misdeclared: stochastic: two training forwards are equal"),

@@ -14,8 +14,8 @@ other packages register through their entry points (:mod:`pvera_bench.core.plugi
 """
 
 from pvera_bench.adapters import (  # noqa: F401  (each module registers its adapter)
-    adaptformer,
     adapter_plus,
+    adaptformer,
     bitfit,
     bottleneck,
     convpass,

@@ -2,7 +2,8 @@
 
 An adapter registers once, by name, with :func:`register_adapter`: the built-in ones when
 :mod:`pvera_bench.adapters` imports them, those of other packages when :func:`load_adapter_plugins` imports the
-modules they declare (:mod:`pvera_bench.core.plugins`). :data:`ADAPTERS` is what the ``adapter`` config group, :func:`~pvera_bench.adapters.apply_adapter` and the tests iterate over. The config of the adapter
+modules they declare (:mod:`pvera_bench.core.plugins`). :data:`ADAPTERS` is what the ``adapter``
+config group, :func:`~pvera_bench.adapters.apply_adapter` and the tests iterate over. The config of the adapter
 applied to a model is kept here, keyed by the model (not as an attribute on the timm model); models copied with
 :func:`copy_model` keep it.
 """

@@ -91,18 +91,25 @@ def our_grads(model: nn.Module) -> list[Tensor]:
 
 
 # ---- same logits and gradients given the same prompts ----
-@pytest.mark.parametrize("name", NAMES)
-def test_logits_and_prompt_gradients_match_the_official_forward(name):
-    model = adapted(name).eval()  # eval: dropout off
-    x = images()
+def assert_matches_the_official_forward(model, name: str, x, gradient_atol: float) -> list:
+    """Our logits and prompt gradients equal the official forward's on the same prompts; returns the official
+    gradients."""
     ours = model(x)
     ours.square().sum().backward()
     prompt_embeddings, deep = official_prompts(model, name)
     reference = official_vpt_logits(model, x, prompt_embeddings, deep)
     reference.square().sum().backward()
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
-    for got, expected in zip(our_grads(model), official_grads(name, prompt_embeddings, deep), strict=True):
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    expected_grads = official_grads(name, prompt_embeddings, deep)
+    for got, expected in zip(our_grads(model), expected_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=gradient_atol)
+    return expected_grads
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_logits_and_prompt_gradients_match_the_official_forward(name):
+    model = adapted(name).eval()  # eval: dropout off
+    for expected in assert_matches_the_official_forward(model, name, images(), gradient_atol=1e-7):
         assert expected.abs().max() > 1e-4  # every prompt tensor, the last block's too, moves the logits
 
 
@@ -179,15 +186,7 @@ def tiny_dinov2(registers: int = 0) -> nn.Module:
 @pytest.mark.parametrize("name", NAMES)
 def test_dinov2_matches_the_official_forward(name):
     model = adapted(name, backbone=tiny_dinov2()).eval()
-    x = images(size=28)
-    ours = model(x)
-    ours.square().sum().backward()
-    prompt_embeddings, deep = official_prompts(model, name)
-    reference = official_vpt_logits(model, x, prompt_embeddings, deep)
-    reference.square().sum().backward()
-    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
-    for got, expected in zip(our_grads(model), official_grads(name, prompt_embeddings, deep), strict=True):
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-9)
+    assert_matches_the_official_forward(model, name, images(size=28), gradient_atol=1e-9)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -22,11 +22,13 @@ What the official code does differently from the Houlsby (ICML 2019) and Pfeiffe
 the block's residual addition, where Houlsby's sit on each sub-layer's output before it, and VPT's ViT port of
 Pfeiffer's (KMnP/vpt ``src/models/vit_adapter/vit.py``) on the MLP's output before it; a learnable per-channel
 scale on its output, where both add it unscaled; stochastic depth on the adapter branch. (GELU, where our
-``bottleneck`` defaults to the PVeRA code's ReLU.) The official code's own ``pfeiffer`` config is this ``post``
-position plus a LayerNorm on the adapter's input (``norm_layer: true``) and BERT initialisation N(0, 0.02²).
+``bottleneck`` defaults to the PVeRA code's ReLU.) The official code's own ``pfeiffer`` config
+(``forward_pfeiffer``, lines 281-287) is this ``post`` position plus a LayerNorm on the adapter's input
+(``conf/adapter/pfeiffer.yaml``: ``norm_layer: true``), run in its ablation with BERT initialisation N(0, 0.02²)
+and no scale (``conf/experiment/ablations/other_configs/pfeiffer.yaml``).
 
 Conventions: PEFT has no Adapter+, so ``peft`` is the paper's equation, which is what the official code computes:
-both conventions build the same adapter. The official runs also train the backbone with stochastic depth 0.1
+both conventions build the same adapter. The official runs also keep stochastic depth 0.1 in the frozen backbone
 (``conf/config.yaml`` ``vit.drop_path``): a backbone setting (``backbone.model_kwargs.drop_path_rate=0.1``), not
 part of this adapter. The bottleneck is ``hidden_dim`` wide (8) or ``width // reduction``, as for ``bottleneck``.
 """
@@ -40,7 +42,7 @@ from timm.layers import DropPath
 from torch import nn
 
 from pvera_bench.adapters.bottleneck import BottleneckWidthConfig, near_identity_init_
-from pvera_bench.adapters.layers import AdaptedLayer
+from pvera_bench.adapters.layers import AdaptedLayer, check_dropout, dropout_layer
 from pvera_bench.adapters.registry import register_adapter
 
 HOULSBY_STD = 0.01  # visinf/adapter_plus adapter_plus/vit_adapter.py line 53
@@ -60,8 +62,7 @@ class AdapterPlusConfig(BottleneckWidthConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"adapter.dropout must be in [0, 1), got {self.dropout}")
+        check_dropout(self.dropout)
         if not 0 <= self.drop_path < 1:
             raise ValueError(f"adapter.drop_path must be in [0, 1), got {self.drop_path}")
 
@@ -75,7 +76,7 @@ class PostBlockAdapter(AdaptedLayer):
         self.adapter_plus_up = nn.Linear(hidden, dim)
         self.adapter_plus_scale = nn.Parameter(torch.ones(dim))
         self.activation = nn.GELU()
-        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.dropout = dropout_layer(config.dropout)
         self.drop_path = DropPath(config.drop_path) if config.drop_path > 0 else nn.Identity()
         for layer in (self.adapter_plus_down, self.adapter_plus_up):
             near_identity_init_(layer, HOULSBY_STD)

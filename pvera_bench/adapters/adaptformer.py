@@ -11,6 +11,12 @@ adapter starts:
 - ``peft`` (the paper's equation; PEFT has no AdaptFormer): ``h = LN(x)``, the MLP's input; ``s`` is
   fixed (0.1 in the paper); ``up`` and the biases start at zero, so the model is unchanged at init.
 
+AdaptFormer's released code (ShoufaChen/AdaptFormer ``models/adapter.py`` ``Adapter``; ``models/custom_modules.py``
+``Block``; ``main_image.py`` lines 185-191) is neither exactly: it reads the stream before ``norm2`` (as
+``official``), fixes ``s = 0.1`` and starts ``up`` and both biases at zero (as ``peft``: its ``init_option="lora"``
+keeps ``down``'s ``nn.Linear`` weight), drops its hidden units with p = 0.1 in training and adds the adapter
+outside the MLP branch's drop path; neither convention (nor the PVeRA code) does these two.
+
 The bottleneck is ``hidden_dim`` wide, or ``width // reduction``: the official code's ``reduction_ratios``
 4/8/16 and ``int(fc1.in_features / reduction_ratio)``
 (:class:`~pvera_bench.adapters.bottleneck.BottleneckWidthConfig`).
@@ -59,7 +65,8 @@ class ParallelAdapter(AdaptedLayer):
             nn.init.zeros_(self.adaptformer_up.bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.base_layer(h) + self.adaptformer_scale * self.adaptformer_up(torch.relu(self.adaptformer_down(h)))
+        out = self.base_layer(h)
+        return out + (self.adaptformer_scale * self.adaptformer_up(torch.relu(self.adaptformer_down(h)))).to(out.dtype)
 
 
 def inject(model: nn.Module, config: AdaptFormerConfig) -> None:

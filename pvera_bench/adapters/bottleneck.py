@@ -4,19 +4,23 @@
 
 - ``houlsby`` (default): two per block, behind the attention (after ``attn.proj``) and behind the MLP (after
   ``mlp.fc2``): Houlsby et al.'s placement, and the official PVeRA code's (leofillioux/pvera
-  ``models/models.py`` lines 140-152, ``models/adapters/bottleneck.py``).
+  ``models/models.py`` lines 140-152, ``models/adapters/bottleneck.py``). The Adapter+ code's ``houlsby`` config
+  (visinf/adapter_plus ``adapter_plus/vit_adapter.py`` ``forward_houlsby``, lines 294-298) puts them after
+  LayerScale and the block's drop path (the same at ViT-B, which has no LayerScale, in eval), and its ablation
+  trains the LayerNorms too (``conf/experiment/ablations/other_configs/houlsby_dim8.yaml``); not done here.
 - ``pfeiffer``: one per block, behind the MLP only: the single adapter of Pfeiffer et al. (EACL 2021,
   AdapterFusion) as VPT's adapter baseline builds it in a ViT (KMnP/vpt ``src/models/vit_adapter/vit.py``,
   ``ADPT_Block.forward``: ``h + (m + up(GELU(down(m))))`` with ``m`` the MLP's output), which Adapter+ calls the
-  intermediate position. The official Adapter+ code's own ``pfeiffer`` config (visinf/adapter_plus
-  ``conf/adapter/pfeiffer.yaml``, ``adapter_plus/vit_adapter.py`` ``forward_pfeiffer``) is another adapter: it
-  reads the block's output after the MLP's residual addition through a LayerNorm of its own (the ``post``
-  position of :mod:`~pvera_bench.adapters.adapter_plus`, plus that norm), BERT-initialised; not built here.
+  intermediate position. The official Adapter+ code's own ``pfeiffer`` config (``conf/adapter/pfeiffer.yaml``,
+  ``forward_pfeiffer``) is another adapter: it reads the block's output after the MLP's residual addition
+  through a LayerNorm of its own (the ``post`` position of :mod:`~pvera_bench.adapters.adapter_plus`, plus that
+  norm), BERT-initialised in its ablation (``conf/experiment/ablations/other_configs/pfeiffer.yaml``); not built.
 
 Conventions: ``peft`` (the paper's; PEFT has no such adapter): the projections start near zero (normal, std 1e-2,
-truncated at 2 std, biases zero, as Houlsby et al. initialise), so each adapter starts near the identity; ``official``
-(leofillioux/pvera): ``nn.Linear``'s initialisation. Either convention takes the activation from ``activation``
-(ReLU in the official code's config/adapters.yaml; VPT's Pfeiffer adapter uses GELU and zero weights).
+truncated at 2 std, biases zero, as Houlsby et al. initialise and Adapter+'s ``init: houlsby`` does), so each
+adapter starts near the identity; ``official`` (leofillioux/pvera): ``nn.Linear``'s initialisation. Either
+convention takes the activation from ``activation`` (ReLU in the official code's config/adapters.yaml; VPT's
+Pfeiffer adapter uses GELU and zero weights and biases, so that only its up bias ever gets a gradient).
 
 The bottleneck width is ``hidden_dim``, or ``width // reduction`` of the backbone it is injected into (the official
 PVeRA code's ``reduction_ratios`` 4/8/16, ``hidden_dim = int(in_dim / reduction_factor)``): its grid is 192/96/48

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from pvera_bench.adapters.layers import AdaptedLayer
+from pvera_bench.adapters.layers import AdaptedLayer, check_dropout, dropout_layer
 from pvera_bench.adapters.registry import register_adapter
 from pvera_bench.config import AdapterConfig, Convention
 
@@ -61,8 +61,7 @@ class ConvpassConfig(AdapterConfig):
             raise ValueError(f"adapter.targets must be distinct names from attn, mlp; got {self.targets}")
         if self.conv_init not in CONV_INITS:
             raise ValueError(f"adapter.conv_init must be one of {list(CONV_INITS)}, got {self.conv_init!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"adapter.dropout must be in [0, 1), got {self.dropout}")
+        check_dropout(self.dropout)
 
 
 def quick_gelu(z: torch.Tensor) -> torch.Tensor:
@@ -84,7 +83,7 @@ class ConvBypass(AdaptedLayer):
         self.convpass_down = nn.Linear(dim, hidden)
         self.convpass_conv = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1)
         self.convpass_up = nn.Linear(hidden, dim)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = dropout_layer(config.dropout)
         nn.init.xavier_uniform_(self.convpass_down.weight)
         nn.init.zeros_(self.convpass_down.bias)
         if config.conv_init == "xavier":

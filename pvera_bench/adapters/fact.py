@@ -39,7 +39,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pvera_bench.adapters.layers import QKV_NAMES, SlicedLinear, Target, TargetedConfig, find_targets
+from pvera_bench.adapters.layers import (
+    QKV_NAMES,
+    SlicedLinear,
+    Target,
+    TargetedConfig,
+    check_dropout,
+    dropout_layer,
+    find_targets,
+)
 from pvera_bench.adapters.registry import register_adapter
 from pvera_bench.config import Convention
 
@@ -66,8 +74,7 @@ class FactConfig(TargetedConfig):
             raise ValueError(f"adapter.rank must be >= 1, got {self.rank}")
         if not self.scale > 0:
             raise ValueError(f"adapter.scale must be positive, got {self.scale}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"adapter.dropout must be in [0, 1), got {self.dropout}")
+        check_dropout(self.dropout)
 
 
 def uniform(shape: tuple[int, ...], bound: float, device: torch.device) -> torch.Tensor:
@@ -106,7 +113,7 @@ class FactLinear(SlicedLinear):
         self.rank, self.scale = rank, config.scale
         self.out_chunks, self.in_chunks = self.slice_width // dim, self.in_features // dim
         self.n_blocks = len(slices) * self.out_chunks * self.in_chunks
-        self.fact_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.fact_dropout = dropout_layer(config.dropout)
 
     def cores(self) -> torch.Tensor:
         """Every block's core in the paper's (r_in, r_out) layout, ``(n_slices, out_chunks, in_chunks, r, r)``."""

@@ -69,13 +69,23 @@ class InputDropoutConfig(TargetedConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"adapter.dropout must be in [0, 1), got {self.dropout}")
+        check_dropout(self.dropout)
+
+
+def check_dropout(dropout: float) -> None:
+    """The range check of an adapter's ``dropout`` field."""
+    if not 0 <= dropout < 1:
+        raise ValueError(f"adapter.dropout must be in [0, 1), got {dropout}")
+
+
+def dropout_layer(dropout: float) -> nn.Module:
+    """An adapter's dropout: an identity when ``dropout`` is 0, so that MC dropout finds nothing to turn on."""
+    return nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
 
 def input_dropout(config: InputDropoutConfig) -> nn.Module:
     """The adapter's dropout on its input (an identity when ``dropout`` is 0)."""
-    return nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+    return dropout_layer(config.dropout)
 
 
 @dataclass(frozen=True)

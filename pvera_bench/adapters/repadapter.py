@@ -10,9 +10,10 @@ Official implementation followed: luogen1996/RepAdapter ``repadapter.py``: ``Rep
 ``conv_A``, a 1x1 Conv1d, is ``down``; ``conv_B``, a 1x1 Conv1d with ``groups=2``, is ``up``; dropout 0.1 between
 them), its placement ``set_RepAdapter`` (lines 223-268: ``repblock`` in front of the attention and of the MLP,
 ``forward_vit_block_adapter`` lines 21-24; ``repattn`` in front of the attention only) and its re-parameterisation
-``set_RepWeight`` / ``reparameterize`` / ``sparse2dense`` (lines 201-220, 271-299: into ``attn.qkv`` and
+``set_RepWeight`` / ``reparameterize`` / ``sparse2dense`` (lines 201-220, 271-329: into ``attn.qkv`` and
 ``mlp.fc1``). Initialisation (lines 164-167): ``down`` Xavier-uniform with zero bias, ``up`` weight and bias zero,
-so the model is unchanged at init. Hidden width 8 (``train.py --dim``).
+so the model is unchanged at init. Both convolutions have a bias (lines 158-159). Hidden width 8
+(``train.py --dim``); ``s`` per task in ``configs/repblock/*.yaml``.
 
 Choices: the adapter reads LN(x) in front of the attention (MLP), whose first layer is ``attn.qkv`` (``mlp.fc1``);
 it wraps that Linear, which is the same computation for timm's ViT (an attention with a ``gate`` reads x
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pvera_bench.adapters.layers import AdaptedLayer, TargetedConfig, find_targets
+from pvera_bench.adapters.layers import AdaptedLayer, TargetedConfig, check_dropout, dropout_layer, find_targets
 from pvera_bench.adapters.registry import register_adapter
 from pvera_bench.config import Convention
 
@@ -66,8 +67,7 @@ class RepAdapterConfig(TargetedConfig):
             raise ValueError(f"adapter.groups must be >= 1 and divide hidden_dim={self.hidden_dim}, got {self.groups}")
         if self.scale <= 0:
             raise ValueError(f"adapter.scale must be positive, got {self.scale}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"adapter.dropout must be in [0, 1), got {self.dropout}")
+        check_dropout(self.dropout)
 
 
 class RepAdapterLinear(AdaptedLayer):
@@ -81,7 +81,7 @@ class RepAdapterLinear(AdaptedLayer):
         # up: group g maps hidden channels [g h/G, (g+1) h/G) to output channels [g d/G, (g+1) d/G)
         self.repadapter_up = nn.Parameter(torch.zeros(groups, dim // groups, hidden // groups))
         self.repadapter_up_bias = nn.Parameter(torch.zeros(dim))
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = dropout_layer(config.dropout)
         nn.init.xavier_uniform_(self.repadapter_down.weight)
         nn.init.zeros_(self.repadapter_down.bias)
 
@@ -107,7 +107,7 @@ class RepAdapterLinear(AdaptedLayer):
             bias_update = weight @ shift.to(weight.dtype)
             weight += self.scale * (weight @ up @ down)
             if layer.bias is None:
-                layer.bias = nn.Parameter(bias_update)
+                layer.bias = nn.Parameter(bias_update, requires_grad=False)
             else:
                 layer.bias += bias_update
         return layer

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pvera_bench.adapters.layers import AdaptedLayer
+from pvera_bench.adapters.layers import AdaptedLayer, check_dropout, dropout_layer
 from pvera_bench.adapters.registry import register_adapter
 from pvera_bench.config import AdapterConfig
 
@@ -69,8 +69,7 @@ class VptConfig(AdapterConfig):
             self.dropout = DEEP_DROPOUT if self.name == "vpt_deep" else 0.0
         if self.prompts < 1:
             raise ValueError(f"adapter.prompts must be >= 1, got {self.prompts}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"adapter.dropout must be in [0, 1), got {self.dropout}")
+        check_dropout(self.dropout)
 
 
 class PromptedBlock(AdaptedLayer):
@@ -95,7 +94,7 @@ class PromptedBlock(AdaptedLayer):
     ) -> None:
         super().__init__(base_layer)
         self.vpt_prompts = None if prompts is None else nn.Parameter(prompts)
-        self.prompt_dropout = nn.Dropout(dropout) if prompts is not None and dropout > 0 else nn.Identity()
+        self.prompt_dropout = dropout_layer(dropout if prompts is not None else 0.0)
         self.num_prompts = num_prompts
         self.num_prefix = num_prefix
         self.replaces = replaces

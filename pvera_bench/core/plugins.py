@@ -13,7 +13,8 @@ path (``hydra.searchpath`` in ``conf/config.yaml``), after pvera_bench's own ``c
 from __future__ import annotations
 
 import importlib.util
-from importlib.metadata import EntryPoint, entry_points
+from functools import cache
+from importlib.metadata import EntryPoint, EntryPoints, entry_points
 
 from pvera_bench.core.errors import UserError
 
@@ -21,9 +22,17 @@ ADAPTER_GROUP = "pvera_bench.adapters"
 CONF_GROUP = "pvera_bench.conf"
 
 
+@cache
+def installed_entry_points() -> EntryPoints:
+    """The entry points of pvera_bench's groups that installed distributions declare, read once per process (a read
+    scans the metadata of every installed distribution)."""
+    installed = entry_points()
+    return EntryPoints(entry for group in (ADAPTER_GROUP, CONF_GROUP) for entry in installed.select(group=group))
+
+
 def declared(group: str) -> list[EntryPoint]:
     """The entry points of ``group`` that installed distributions declare, by name."""
-    return sorted(entry_points(group=group), key=lambda entry: entry.name)
+    return sorted(installed_entry_points().select(group=group), key=lambda entry: entry.name)
 
 
 def origin(entry: EntryPoint) -> str:

@@ -9,6 +9,7 @@ from the backbone: 192/96/48 at ViT-B's width 768, 96/48/24 at ViT-S's 384.
 from __future__ import annotations
 
 import pytest
+import torch
 from helpers import tiny_vit
 
 from pvera_bench.adapters import apply_adapter
@@ -36,12 +37,17 @@ def test_the_pvera_grid_gives_widths_from_the_backbone_width(backbone, width, hi
         assert parameter_report([*base, *overrides(point)])["adapter_params"] == 12 * (2 * width * h + h + width + 1)
 
 
-def test_a_grid_point_sets_the_width_of_the_built_model():
-    cfg = compose_config(["backbone=tiny", "adapter=adaptformer", "grid=pvera"])  # width 192
-    for point, h in zip(grid_points(cfg), (48, 24, 12), strict=True):
+@pytest.mark.parametrize("backbone, hidden", [("tiny", (48, 24, 12)), ("dinov2_vits14", (96, 48, 24))])
+def test_a_grid_point_sets_the_width_of_the_built_model(backbone, hidden):
+    """The run's path: grid_points, then with_point and build_model per point (pipeline/run.py, training/selection.py),
+    random weights; tiny is 192 wide, DINOv2-S/14 384."""
+    cfg = compose_config([f"backbone={backbone}", "backbone.pretrained=false", "adapter=adaptformer", "grid=pvera"])
+    for point, h in zip(grid_points(cfg), hidden, strict=True):
         with random_weights_expected():
             model = build_model(with_point(cfg, point))
-        assert {b.mlp.adaptformer_down.out_features for b in model.blocks} == {h}
+        assert {(b.mlp.adaptformer_down.out_features, b.mlp.adaptformer_up.in_features) for b in model.blocks} == {
+            (h, h)
+        }
 
 
 @pytest.mark.parametrize("convention, scale", [("official", 1.0), ("peft", 0.1)])
@@ -57,3 +63,11 @@ def test_an_explicit_width_or_scale_is_kept():
     assert model.blocks[0].mlp.adaptformer_down.out_features == 5 and model.blocks[0].mlp.adaptformer_scale == 0.5
     model = apply_adapter(tiny_vit(), "adaptformer", hidden_dim=None, reduction=16)
     assert model.blocks[0].mlp.adaptformer_up.in_features == 48 // 16
+
+
+@pytest.mark.parametrize("convention", ["official", "peft"])
+def test_the_adapted_mlp_keeps_its_dtype_under_autocast(convention):
+    layer = apply_adapter(tiny_vit(), "adaptformer", convention=convention).blocks[0].mlp
+    h = torch.randn(2, 5, 48)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(h).dtype == layer.base_layer(h).dtype == torch.bfloat16

@@ -142,6 +142,8 @@ def test_merged_weights_are_the_official_reparameterisation_and_predict_the_same
         merged = merge_adapter(model)(images)
     assert (merged - unmerged).abs().max().item() <= 1e-5
     assert (unmerged - tiny_vit()(images)).abs().max().item() > 1e-2  # the update is not trivially zero
+    bare = tiny_vit()  # the merged model costs exactly the bare backbone: the same tensors, of the same shapes
+    assert {n: t.shape for n, t in model.state_dict().items()} == {n: t.shape for n, t in bare.state_dict().items()}
     for (index, path), (weight, bias) in expected.items():
         linear = model.blocks[index].get_submodule(path)
         assert type(linear) is nn.Linear

@@ -132,12 +132,10 @@ def test_zero_init_std_is_the_identity(images):
         assert torch.equal(model(images), backbone(images))
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [{}, {"qkv_bias": False, "pre_norm": True, "init_values": 1e-5}],
-    ids=["vit-b-like", "no-qkv-or-patch-bias-layerscale"],
-)
-def test_merged_equals_unmerged_and_costs_the_bare_backbone(kwargs, images):
+def test_merged_equals_unmerged_and_costs_the_bare_backbone_without_biases_and_with_layerscale(images):
+    """What the registry-wide merge test (test_adapters.py, a ViT-B-like tiny ViT) leaves out: layers without a bias
+    (qkv, and the patch embedding under pre_norm), LayerScale, and that the shifts become those layers' biases."""
+    kwargs = {"qkv_bias": False, "pre_norm": True, "init_values": 1e-5}
     model = apply_adapter(tiny_vit(**kwargs), "ssf")
     perturb(model)
     model.eval()

@@ -43,13 +43,14 @@ INVALID_CONFIGS = [
         "unknown-adapter",
         ["adapter=nonexistent"],
         "In 'config': Could not find 'adapter/nonexistent'; available options in 'adapter': "
-        "adaptformer bottleneck dora full ia3 linear lora pvera vera",
+        "adapter_plus adaptformer bitfit bottleneck convpass dora fact_tk fact_tt full ia3 linear ln_tuning lora pvera "
+        "repadapter ssf vera vpt_deep vpt_shallow",
     ),
     (
         "unregistered-adapter-name",
         ["adapter.name=foo"],
-        "adapter.name='foo' is not registered; choose one of adaptformer, bottleneck, dora, full, ia3, linear, lora, "
-        "pvera, vera",
+        "adapter.name='foo' is not registered; choose one of adapter_plus, adaptformer, bitfit, bottleneck, convpass, "
+        "dora, fact_tk, fact_tt, full, ia3, linear, ln_tuning, lora, pvera, repadapter, ssf, vera, vpt_deep, vpt_shallow",
     ),
     (
         "wrong-type",

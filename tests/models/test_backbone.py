@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -11,23 +12,16 @@ from safetensors.torch import save_file
 from pvera_bench.config import BackboneConfig
 from pvera_bench.core.errors import UserError
 from pvera_bench.models.backbone import create_backbone, input_spec, resize_pos_embed_as_hub
-
-TINY = dict(
-    id="tiny",
-    name="vit_tiny_patch16_224",
-    pretrained=False,
-    img_size=28,
-    model_kwargs={"patch_size": 14, "embed_dim": 192, "depth": 4, "num_heads": 3},
-)
+from pvera_bench.testing import TINY_VIT  # 32 px, 8 px patches (a 4x4 grid + CLS), width 48, depth 2
 
 
 def test_local_weights_load_through_timm(tmp_path):
     torch.manual_seed(0)
-    source = create_backbone(BackboneConfig(**TINY), num_classes=10)
+    source = create_backbone(TINY_VIT, num_classes=10)
     weights = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(weights))
     torch.manual_seed(1)  # a different init, so equality can only come from the file
-    loaded = create_backbone(BackboneConfig(**{**TINY, "weights": str(weights)}), num_classes=7)
+    loaded = create_backbone(dataclasses.replace(TINY_VIT, weights=str(weights)), num_classes=7)
     loaded_state = loaded.state_dict()
     for key, value in source.state_dict().items():
         if not key.startswith("head."):
@@ -38,14 +32,14 @@ def test_local_weights_load_through_timm(tmp_path):
 def test_missing_weights_file_is_named(tmp_path):
     missing = tmp_path / "nope.safetensors"
     with pytest.raises(UserError, match=f"^backbone.weights={missing}: no such file$"):
-        create_backbone(BackboneConfig(**{**TINY, "weights": str(missing)}), num_classes=10)
+        create_backbone(dataclasses.replace(TINY_VIT, weights=str(missing)), num_classes=10)
 
 
 def test_weights_of_another_model_are_rejected(tmp_path):
     weights = tmp_path / "other.safetensors"
     save_file({"pos_embed": torch.zeros(1, 3, 3)}, str(weights))
     with pytest.raises(UserError, match="does not fit vit_tiny_patch16_224"):
-        create_backbone(BackboneConfig(**{**TINY, "weights": str(weights)}), num_classes=10)
+        create_backbone(dataclasses.replace(TINY_VIT, weights=str(weights)), num_classes=10)
 
 
 def test_unknown_model_name():
@@ -97,12 +91,12 @@ def test_hub_pos_embed_samples_where_dinov2_hub_does():
 
 def test_hub_pos_embed_quirk_resizes_the_native_embeddings_once_at_build():
     torch.manual_seed(0)
-    native = create_backbone(BackboneConfig(**{**TINY, "img_size": None}), num_classes=10)
+    native = create_backbone(dataclasses.replace(TINY_VIT, img_size=None), num_classes=10)  # 224 px: a 28x28 grid
     torch.manual_seed(0)
-    hub = create_backbone(BackboneConfig(**TINY), num_classes=10, hub_pos_embed=True)
+    hub = create_backbone(TINY_VIT, num_classes=10, hub_pos_embed=True)
     torch.manual_seed(0)
-    timm_way = create_backbone(BackboneConfig(**TINY), num_classes=10)  # resampled by timm: antialiased, exact size
-    torch.testing.assert_close(hub.pos_embed, resize_pos_embed_as_hub(native.pos_embed.detach(), (2, 2), 1))
-    assert hub.pos_embed.shape == timm_way.pos_embed.shape == (1, 5, 192)
+    timm_way = create_backbone(TINY_VIT, num_classes=10)  # resampled by timm: antialiased, exact size
+    torch.testing.assert_close(hub.pos_embed, resize_pos_embed_as_hub(native.pos_embed.detach(), (4, 4), 1))
+    assert hub.pos_embed.shape == timm_way.pos_embed.shape == (1, 17, 48)
     assert not torch.allclose(hub.pos_embed, timm_way.pos_embed)
-    assert hub(torch.randn(1, 3, 28, 28)).shape == (1, 10)
+    assert hub(torch.randn(1, 3, 32, 32)).shape == (1, 10)

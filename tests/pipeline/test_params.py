@@ -11,6 +11,7 @@ from helpers import REPO, run_cli
 from pvera_bench.pipeline.params import parameter_report
 
 L, D, MLP, R_LORA, R_VERA, H = 12, 768, 3072, 8, 256, 64
+P, R_FACT, H_SMALL, GROUPS = 5, 8, 8, 2  # VPT prompts, FacT rank, Adapter+/Convpass/RepAdapter width, RepAdapter groups
 FORMULAS = {  # the README's formulas, evaluated for ViT-B (12 blocks, width 768)
     "linear": 0,
     "lora": L * 2 * R_LORA * (D + D),
@@ -20,6 +21,16 @@ FORMULAS = {  # the README's formulas, evaluated for ViT-B (12 blocks, width 768
     "ia3": L * (D + D + MLP),
     "adaptformer": L * (2 * D * H + H + D + 1),  # official convention: a learnable scale per block
     "bottleneck": 2 * L * (2 * D * H + H + D),
+    "vpt_shallow": P * D,
+    "vpt_deep": L * P * D,
+    "bitfit": 2 * D + L * (7 * D + MLP),  # patch embedding, final norm; per block norm1, qkv, proj, norm2, fc1, fc2
+    "ln_tuning": (4 * L + 2) * D,
+    "ssf": 2 * (2 * D + L * (7 * D + MLP)),  # a scale and a shift on each output BitFit has a bias on
+    "fact_tt": 2 * D * R_FACT + 12 * L * R_FACT**2,
+    "fact_tk": 2 * D * R_FACT + 12 * L * R_FACT + R_FACT**3,
+    "adapter_plus": L * (2 * D * H_SMALL + H_SMALL + 2 * D),
+    "convpass": 2 * L * (2 * D * H_SMALL + 9 * H_SMALL**2 + 2 * H_SMALL + D),
+    "repadapter": 2 * L * (D * H_SMALL + H_SMALL + D * H_SMALL // GROUPS + D),
 }
 
 
@@ -34,6 +45,13 @@ OFFICIAL_COUNTS = {
     "ia3": ([], 55_296),
     "linear": ([], 0),
 }
+
+
+@pytest.mark.parametrize("backbone", ["vit_b16_in21k", "dinov2_vitb14"])
+@pytest.mark.parametrize("adapter", sorted(FORMULAS))
+def test_default_counts_equal_the_table_formulas(adapter, backbone):
+    """The table's two columns: the built model's count at the adapter's defaults, on either backbone."""
+    assert parameter_report([f"backbone={backbone}", f"adapter={adapter}"])["adapter_params"] == FORMULAS[adapter]
 
 
 @pytest.mark.parametrize("adapter", sorted(OFFICIAL_COUNTS))

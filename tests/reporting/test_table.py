@@ -12,6 +12,7 @@ from pvera_bench.cli.table import main
 from pvera_bench.config import TaskGroup
 from pvera_bench.core.errors import UserError
 from pvera_bench.reporting.accuracy import LONG_CSV_COLUMNS
+from pvera_bench.reporting.report import write_report
 from pvera_bench.reporting.results import (
     PAPER_QUIRKS,
     PAPER_SETUP,
@@ -311,3 +312,7 @@ def test_every_method_on_mock_19_task_results_has_its_published_rows_beside_it(t
     markdown = squeezed((tmp_path / "tables" / "vtab1k.md").read_text())
     assert "| Houlsby adapter (rand init) = ours: bottleneck |" in markdown
     assert "| Pfeiffer adapter (LoRA init) = ours: bottleneck placement=pfeiffer |" in markdown
+    write_report(load_results(root), root, tmp_path / "report_tables", tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    for adapter, (method, _, _, _) in NEW_BASELINES.items():  # the report's table: the same rows, ours beside them
+        assert f"{method} = ours: {adapter}" in page and f">{adapter}<" in page, adapter

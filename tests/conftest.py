@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -46,11 +48,17 @@ def mock_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def uninterrupted(data_root, tmp_path_factory) -> tuple[list[str], dict]:
-    """Arguments of an 8-epoch PVeRA run and its uninterrupted result: the resume tests' reference."""
-    args = [*RESUME_ARGS, f"data.root={data_root}"]
-    folder = tmp_path_factory.mktemp("uninterrupted")
-    completed = run_cli(*args, f"paths.results={folder}")
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    [record] = results(folder).values()
-    return args, record
+def uninterrupted(data_root, tmp_path_factory) -> Callable[[str], tuple[list[str], dict]]:
+    """The resume tests' reference: for a grid option, the arguments of an 8-epoch PVeRA run and its
+    uninterrupted result (grid=pvera: its three points train packed)."""
+
+    @functools.cache
+    def reference(grid: str) -> tuple[list[str], dict]:
+        args = [*RESUME_ARGS, f"grid={grid}", f"data.root={data_root}"]
+        folder = tmp_path_factory.mktemp("uninterrupted")
+        completed = run_cli(*args, f"paths.results={folder}")
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        [record] = results(folder).values()
+        return args, record
+
+    return reference

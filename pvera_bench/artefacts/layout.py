@@ -27,7 +27,7 @@ NON_IDENTITY_KEYS = {
     "data": None,
     "paths": None,
     "logger": None,
-    "trainer": ("device", "progress", "compile", "eval_batch_size", "checkpoint", "merge_for_test"),
+    "trainer": ("device", "progress", "compile", "pack", "eval_batch_size", "checkpoint", "merge_for_test"),
     "dataset": ("label", "order"),  # how tables show a task, not what a run computes
 }
 METHOD_GROUPS = ("adapter", "grid", "protocol", "sampling", "trainer", "backbone")  # what defines a method

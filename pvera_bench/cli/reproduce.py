@@ -1,20 +1,24 @@
 """Print the sweep that reproduces the PVeRA paper's VTAB-1k table, with a projection of its GPU-hours.
 
 ``pvera-bench reproduce [--adapters lora,vera] [--seeds 0] [--epochs 100] [--train-throughput 350]
-[--infer-throughput 700]``
+[--infer-throughput 700] [--bench results/bench/gpu-<device>.json]``
 
 The sweep is the paper's 8 adapters x the 19 VTAB-1k tasks (the options of ``conf/dataset/`` that have an
 ``order``) x seeds 0, 1, 2 under ``experiment=pvera_paper`` (docs/reproduction.md). The GPU-hours are a
-projection from the assumptions below, all printed and all overridable; nothing is measured. Reads only
-``conf/``: no data, no network, no torch.
+projection from the assumptions below, all printed and all overridable. The training throughput is measured
+when ``scripts/gpu_bench.py`` has left a report (the newest ``results/bench/gpu-*.json``, or ``--bench``): its
+epoch of a real packed run. Reads only ``conf/`` and that report: no data, no network, no torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
 
 import yaml
 
@@ -67,9 +71,10 @@ DEFAULT_EPOCHS = 100
 DEFAULT_TRAIN_THROUGHPUT = 350.0  # training images/s (forward + backward + optimizer step)
 DEFAULT_INFER_THROUGHPUT = 700.0  # inference images/s (validation, test, the linear probe's features)
 MIN_EPOCHS, MAX_EPOCHS = 21, 500
+BENCH_REPORTS = Path("results/bench")  # scripts/gpu_bench.py writes gpu-<device>.json here
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """``error: <message>`` on one line of stderr and exit status 2, as every command of the project."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -152,8 +157,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--train-throughput",
         type=positive(float),
-        default=DEFAULT_TRAIN_THROUGHPUT,
-        help="assumed training images/s on one GPU (default: %(default)s: one H100, fp32, DINOv2 ViT-B/14 224 px)",
+        help="training images/s on one GPU (default: measured in --bench, else assumed "
+        f"{DEFAULT_TRAIN_THROUGHPUT:g}: one H100, fp32, DINOv2 ViT-B/14 224 px)",
+    )
+    parser.add_argument(
+        "--bench",
+        type=Path,
+        help="a report of scripts/gpu_bench.py (default: the newest results/bench/gpu-*.json, if any)",
     )
     parser.add_argument(
         "--infer-throughput",
@@ -166,7 +176,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"--adapters: unknown {', '.join(unknown)}; choose from {','.join(PAPER_ADAPTERS)}")
     args.adapters = [name for name in PAPER_ADAPTERS if name in args.adapters]  # the paper's order
+    args.measured = None
+    if args.train_throughput is None:
+        args.measured = measured_throughput(args.bench)
+        args.train_throughput = args.measured["train_images_per_s"] if args.measured else DEFAULT_TRAIN_THROUGHPUT
+    elif args.bench is not None:
+        parser.error("--bench and --train-throughput both set the training throughput; give one")
     return args
+
+
+def measured_throughput(report: Path | None) -> dict | None:
+    """The real run's training throughput in a GPU benchmark report, with the report and its device; ``report``
+    None: the newest ``results/bench/gpu-*.json``, or None when there is none."""
+    if report is None:
+        reports = sorted(BENCH_REPORTS.glob("gpu-*.json"), key=lambda path: path.stat().st_mtime)
+        reports = [path for path in reports if path.name != "gpu-cpu.json"]  # a CPU run says nothing of a GPU's
+        if not reports:
+            return None
+        report = reports[-1]
+    try:
+        content = json.loads(report.read_text())
+        measured = {"train_images_per_s": float(content["real_run"]["train_images_per_s"]), "device": content["device"]}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        fail(f"--bench {report}: not a report of scripts/gpu_bench.py ({type(error).__name__}: {error})")
+    return {**measured, "report": str(report)}
 
 
 def run_seconds(adapter: str, points: int, test_images: int, epochs: int, train_ips: float, infer_ips: float) -> float:
@@ -229,8 +262,14 @@ def main(argv: list[str] | None = None) -> None:
         f"({points:,} grid points trained)"
     )
     print()
-    print("GPU-hours: a PROJECTION from the assumptions below, not a measurement")
-    print(f"  assumed training throughput   {args.train_throughput:g} images/s (--train-throughput)")
+    print("GPU-hours: a PROJECTION from the figures below, not a measurement of the sweep")
+    if args.measured:
+        print(
+            f"  measured training throughput {args.train_throughput:.1f} images/s on {args.measured['device']} "
+            f"(one epoch of a packed run, {args.measured['report']})"
+        )
+    else:
+        print(f"  assumed training throughput   {args.train_throughput:g} images/s (--train-throughput)")
     print(f"  assumed inference throughput  {args.infer_throughput:g} images/s (--infer-throughput)")
     print(f"  assumed epochs per grid point {args.epochs} (--epochs; early stopping: {MIN_EPOCHS} to {MAX_EPOCHS})")
     print(

@@ -157,6 +157,7 @@ class TrainerConfig:
     merge_for_test: bool = True  # test with the adapter folded into the weights (LoRA, DoRA, VeRA, IA3, PVeRA mean)
     bf16: bool = False  # bf16 autocast for forward passes
     compile: bool = False  # torch.compile the model
+    pack: bool = True  # train a run's grid points in one forward through the frozen backbone (training/packed.py)
     progress: bool = True  # tqdm progress bars
 
     def __post_init__(self) -> None:

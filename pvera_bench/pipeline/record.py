@@ -71,6 +71,7 @@ def outcome_fields(outcome: Outcome, inputs: TaskInputs, conformal: ConformalCon
         "features_cached": inputs.uses_features(outcome.model),
         "grid_point": chosen.point if chosen else {},
         "grid": [record.as_json() for record in outcome.grid],
+        "packed": any(record.packed_with for record in outcome.grid),  # trained packed (trainer.pack)
         "epochs_run": fitted.epochs_run,
         "best_epoch": fitted.best_epoch,
         "train_images_per_s": fitted.train_images_per_s,

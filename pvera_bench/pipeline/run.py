@@ -36,7 +36,7 @@ from pvera_bench.evaluation.ood import is_ood_key, ood_key
 from pvera_bench.evaluation.predict import Predictions, predict
 from pvera_bench.models.backbone import input_spec
 from pvera_bench.models.build import build_model
-from pvera_bench.models.runtime import Normalizer, Runtime, resolve_device
+from pvera_bench.models.runtime import Normalizer, Runtime, resolve_device, reuse_freed_host_memory
 from pvera_bench.pipeline.guards import ensure_writable, exclusive, stop_on_sigterm
 from pvera_bench.pipeline.record import Outcome, outcome_fields, run_identity
 from pvera_bench.pipeline.validate import validate
@@ -129,6 +129,8 @@ def task_inputs(cfg: DictConfig) -> TaskInputs:
     device, a task folder, a split file (lines, labels, paths, counts) or a listed image is wrong, then if the
     adapter does not fit the backbone. Images are decoded when a stage first reads them."""
     device = resolve_device(cfg.trainer.device)
+    if device.type == "cpu":
+        reuse_freed_host_memory()
     root = Path(to_absolute_path(cfg.data.root))
     protocol, task_dir = cfg.protocol, locate_task(root, cfg.dataset.name, OFFLINE_BUILDERS)
     used = dict.fromkeys(s for s in (protocol.train_split, protocol.val_split, protocol.retrain_split, Split.test) if s)

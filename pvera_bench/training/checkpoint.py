@@ -29,12 +29,15 @@ class GridRecord:
     epochs_run: int
     val_curve: list[float] = field(default_factory=list)  # the val loss of every epoch
     selected: bool = False
+    packed_with: list[int] = field(default_factory=list)  # the points it trained packed with (itself included)
 
     def as_json(self) -> dict[str, Any]:
-        """The point's entry in the result's ``grid`` (``selected`` only on the chosen one)."""
+        """The point's entry in the result's ``grid`` (``selected`` only on the chosen one, ``packed_with`` only when
+        packed)."""
         record = asdict(self)
-        if not self.selected:
-            del record["selected"]
+        for flag in ("selected", "packed_with"):
+            if not record[flag]:
+                del record[flag]
         return record
 
 

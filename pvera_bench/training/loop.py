@@ -20,11 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from pvera_bench.adapters import adapter_loss, trainable_split
+from pvera_bench.adapters import adapter_loss
 from pvera_bench.config import ProtocolConfig, SamplingConfig, SamplingMode, TrainerConfig
 from pvera_bench.data import SplitData
 from pvera_bench.evaluation.predict import evaluate
 from pvera_bench.models.runtime import Runtime, autocast, batches, restore_rng, rng_state
+from pvera_bench.training.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -40,38 +41,11 @@ def never() -> bool:
     return False
 
 
-def build_optimizer(model: nn.Module, trainer: TrainerConfig, adapter_lr: float | None) -> torch.optim.AdamW:
-    """AdamW with the head at ``trainer.lr`` and the adapter at ``adapter.lr`` (default ``trainer.lr``)."""
-    adapter, head = trainable_split(model)
-    groups = [{"params": list(head.values()), "lr": trainer.lr}]
-    if adapter:
-        groups.append({"params": list(adapter.values()), "lr": adapter_lr if adapter_lr is not None else trainer.lr})
-    # fused: one kernel for all parameters instead of a Python loop over them (CPU and CUDA)
-    return torch.optim.AdamW(groups, weight_decay=trainer.weight_decay, fused=True)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, trainer: TrainerConfig, steps_per_epoch: int):
-    """Linear warm-up over ``warmup_epochs``, then constant or cosine decay to zero, stepped per batch."""
-    warmup = trainer.warmup_epochs * steps_per_epoch
-    total = max(1, trainer.epochs * steps_per_epoch)
-    if trainer.warmup_epochs >= trainer.epochs > 0 and warmup:
-        log.warning(
-            "trainer.warmup_epochs=%d >= trainer.epochs=%d: the learning rate warms up for the whole run and reaches "
-            "%.3g of trainer.lr at its end",
-            trainer.warmup_epochs,
-            trainer.epochs,
-            total / warmup,
-        )
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if trainer.scheduler == "cosine":
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def elapsed_since(start: float, device: torch.device) -> float:
+    """Seconds since ``start`` (``time.perf_counter``), once the device's queued work is done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def training_loss(logits: torch.Tensor, labels: torch.Tensor, double_softmax: bool) -> torch.Tensor:
@@ -79,44 +53,51 @@ def training_loss(logits: torch.Tensor, labels: torch.Tensor, double_softmax: bo
     return F.cross_entropy(logits.softmax(dim=-1) if double_softmax else logits, labels)
 
 
-def train_one_epoch(
-    model: nn.Module,
-    data: SplitData,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    runtime: Runtime,
-    batch_size: int,
-    generator: torch.Generator | None,
-    regularization_weight: float,
-    double_softmax: bool = False,
+def train_epoch(
+    loops: list[EpochLoop],
+    network: nn.Module,
     should_stop: Callable[[], bool] = never,
-) -> float:
-    """One pass over ``data`` (shuffled by ``generator``, in file order when None); returns the mean training loss.
+) -> list[float]:
+    """One pass over the train split for each loop; returns each loop's mean training loss.
 
-    The loss stays on the device until the end of the epoch (no host synchronisation per step);
-    a non-finite epoch loss raises ``FloatingPointError``; ``should_stop()`` is asked before every
-    batch and raises ``Preempted`` when true.
+    ``network`` is the one loop's model, or the trunk of several (:func:`pvera_bench.models.packing.pack_models`):
+    each step then stacks the loops' batches (each loop's own order) and loop i's loss is computed on chunk i of
+    the logits. Each loop has its own optimizer and schedule; one backward serves them all, since a loop's loss
+    depends only on its own parameters. The losses stay on the device until the end of the epoch (no host
+    synchronisation per step); a non-finite epoch loss raises ``FloatingPointError``; ``should_stop()`` is asked
+    before every batch and raises ``Preempted`` when true.
     """
-    model.train()
-    total = torch.zeros((), device=runtime.device)
-    for images, labels in batches(data, batch_size, runtime.device, generator):
+    runtime = loops[0].runtime
+    network.train()
+    for loop in loops:
+        loop.model.train()
+    iterators = [
+        batches(loop.train, loop.trainer.batch_size, runtime.device, loop.generator if loop.objective.shuffle else None)
+        for loop in loops
+    ]
+    totals = [torch.zeros((), device=runtime.device) for _ in loops]
+    for step in zip(*iterators, strict=True):
         if should_stop():
             raise Preempted
+        images = torch.cat([images for images, _ in step]) if len(step) > 1 else step[0][0]
         with autocast(runtime.device, runtime.bf16):
-            logits = model(runtime.normalize(images))
-        loss = training_loss(logits.float(), labels, double_softmax)
-        regularization = adapter_loss(model)
-        if regularization is not None:
-            loss = loss + regularization_weight * regularization.float()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        total += loss.detach() * len(labels)
-    mean = total.item() / len(data)
-    if not math.isfinite(mean):
-        raise FloatingPointError(f"training loss is {mean}; lower trainer.lr or check the data")
-    return mean
+            logits = network(runtime.normalize(images))
+        losses = [
+            loop.loss(chunk.float(), labels)
+            for loop, chunk, (_, labels) in zip(loops, logits.split([len(y) for _, y in step]), step, strict=True)
+        ]
+        for loop in loops:
+            loop.optimizer.zero_grad(set_to_none=True)
+        sum(losses).backward()
+        for loop, loss, total, (_, labels) in zip(loops, losses, totals, step, strict=True):
+            loop.optimizer.step()
+            loop.scheduler.step()
+            total += loss.detach() * len(labels)
+    means = [total.item() / len(loop.train) for loop, total in zip(loops, totals, strict=True)]
+    for mean in means:
+        if not math.isfinite(mean):
+            raise FloatingPointError(f"training loss is {mean}; lower trainer.lr or check the data")
+    return means
 
 
 @dataclass
@@ -211,31 +192,29 @@ class EpochLoop:
     def done(self) -> bool:
         return self.loop.epoch >= self.trainer.epochs or (self.protocol.early_stopping and self.stopped_early())
 
-    def run_epoch(self, should_stop: Callable[[], bool] = never) -> dict[str, float]:
-        """Train one epoch, validate, update the best epoch; returns the epoch's record."""
-        loop, runtime = self.loop, self.runtime
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The training loss of one batch: cross-entropy plus the adapter's own loss (PVeRA's KL) times its weight."""
+        loss = training_loss(logits, labels, self.objective.double_softmax)
+        regularization = adapter_loss(self.model)
+        if regularization is not None:
+            loss = loss + self.objective.regularization_weight * regularization.float()
+        return loss
+
+    def begin_epoch(self) -> None:
+        """Restore this loop's random streams and count the epoch."""
         restore_rng(self.rng, self.generator)
-        loop.epoch += 1
-        start = time.perf_counter()
-        loss = train_one_epoch(
-            self.model,
-            self.train,
-            self.optimizer,
-            self.scheduler,
-            runtime,
-            self.trainer.batch_size,
-            self.generator if self.objective.shuffle else None,
-            self.objective.regularization_weight,
-            self.objective.double_softmax,
-            should_stop,
-        )
-        if runtime.device.type == "cuda":
-            torch.cuda.synchronize(runtime.device)
-        loop.train_time += time.perf_counter() - start
-        record = {"epoch": loop.epoch, "train_loss": loss}
+        self.loop.epoch += 1
+
+    def end_epoch(self, train_loss: float, seconds: float) -> dict[str, float]:
+        """Validate, update the best epoch and keep the random streams; returns the epoch's record."""
+        loop = self.loop
+        loop.train_time += seconds
+        record = {"epoch": loop.epoch, "train_loss": train_loss}
         if self.val is not None:
             batch_size, double_softmax = self.trainer.eval_batch_size, self.objective.double_softmax
-            loop.last_val = evaluate(self.model, self.val, runtime, batch_size, VALIDATION_SAMPLING, double_softmax)
+            loop.last_val = evaluate(
+                self.model, self.val, self.runtime, batch_size, VALIDATION_SAMPLING, double_softmax
+            )
             record.update({f"val_{k}": v for k, v in loop.last_val.items()})
             if loop.last_val["loss"] < loop.best_loss * (1 - self.protocol.min_rel_improvement):
                 loop.best_loss, loop.stale = loop.last_val["loss"], 0
@@ -246,6 +225,13 @@ class EpochLoop:
         loop.history.append(record)
         self.rng = rng_state(self.generator)
         return record
+
+    def run_epoch(self, should_stop: Callable[[], bool] = never) -> dict[str, float]:
+        """Train one epoch, validate, update the best epoch; returns the epoch's record."""
+        self.begin_epoch()
+        start = time.perf_counter()
+        [loss] = train_epoch([self], self.model, should_stop)
+        return self.end_epoch(loss, elapsed_since(start, self.runtime.device))
 
     def state(self) -> dict[str, Any]:
         """Everything needed to resume after the last epoch: tensors and plain values."""

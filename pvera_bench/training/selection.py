@@ -24,6 +24,7 @@ from pvera_bench.training.checkpoint import Checkpoint, GridRecord, RunState
 from pvera_bench.training.inputs import TaskInputs
 from pvera_bench.training.loggers import NullLogger
 from pvera_bench.training.loop import EpochLoop, FitResult, Objective, fit, progress_bar
+from pvera_bench.training.packed import Pack, log_groups, pack_groups
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,9 @@ def search_grid(cfg: DictConfig, points: list[dict[str, Any]], fitter: StageFitt
     if cfg.quirks.joint_early_stopping and len(points) > 1:
         search_jointly(cfg, points, fitter, state)
         return
+    if cfg.trainer.pack and len(points) - len(state.grid) > 1:
+        search_packed(cfg, points, fitter, state)
+        return
     protocol = cfg.protocol
     for index in range(len(state.grid), len(points)):
         point = points[index]
@@ -112,13 +116,17 @@ def search_grid(cfg: DictConfig, points: list[dict[str, Any]], fitter: StageFitt
         log.info("grid point %d/%d %s", index + 1, len(points), point or "(the configured point)")
         model = fitter.new_model(point_cfg)
         fitted = fitter.fit(point_cfg, model, protocol.train_split, protocol.val_split, f"point{index}", state)
-        record = grid_record(point, fitted.val, fitted.best_epoch, fitted.history)
-        best = next((r for r in state.grid if r.selected), None)
-        if fitted.val is None or is_better(record, best, protocol.select_metric):
-            select(state, record, model, fitted)
-        state.grid.append(record)
+        keep(state, grid_record(point, fitted.val, fitted.best_epoch, fitted.history), model, fitted, protocol)
         state.stage, state.fit = None, None
         fitter.checkpoint.save(state)
+
+
+def keep(state: RunState, record: GridRecord, model: nn.Module, fitted: FitResult, protocol: ProtocolConfig) -> None:
+    """Add a fitted point to ``state.grid``, selecting it when it beats the choice so far on val."""
+    best = next((r for r in state.grid if r.selected), None)
+    if fitted.val is None or is_better(record, best, protocol.select_metric):
+        select(state, record, model, fitted)
+    state.grid.append(record)
 
 
 def select(state: RunState, record: GridRecord, model: nn.Module, fitted: FitResult) -> None:
@@ -130,6 +138,51 @@ def select(state: RunState, record: GridRecord, model: nn.Module, fitted: FitRes
     state.chosen_fit = fitted
 
 
+def point_loops(
+    cfg: DictConfig, points: list[dict[str, Any]], fitter: StageFitter, saved: list[dict | None]
+) -> tuple[list[DictConfig], list[EpochLoop]]:
+    """Each point's config and epoch loop, each built right after its model (as a point fitted alone is), the
+    first ``len(saved)`` resumed from their saved states."""
+    cfgs, loops = [], []
+    for index, point in enumerate(points):
+        point_cfg = with_point(cfg, point)
+        model = fitter.new_model(point_cfg)
+        resume = saved[index] if index < len(saved) else None
+        cfgs.append(point_cfg)
+        loops.append(fitter.loop(point_cfg, model, cfg.protocol.train_split, cfg.protocol.val_split, resume))
+    return cfgs, loops
+
+
+def search_packed(cfg: DictConfig, points: list[dict[str, Any]], fitter: StageFitter, state: RunState) -> None:
+    """Fit the points not yet in ``state.grid`` in packs (:mod:`pvera_bench.training.packed`), each point stopping on
+    its own; a pack's checkpoint holds the state of each of its points."""
+    first = len(state.grid)
+    saved = state.fit["members"] if state.stage == f"pack{first}" else []
+    cfgs, loops = point_loops(cfg, points[first:], fitter, saved)
+    groups = pack_groups(loops, cfgs)
+    log_groups(groups, first)
+    for group in groups:
+        pack, stage = Pack([loops[i] for i in group]), f"pack{first + group[0]}"
+        done = max(loop.loop.epoch for loop in pack.loops)
+        bar = progress_bar(cfg.trainer.epochs, done, fitter.inputs.runtime.progress)
+        while active := [i for i, loop in enumerate(pack.loops) if not loop.done()]:
+            records = pack.run_epoch(active, fitter.should_stop)
+            for i, record in zip(active, records, strict=True):
+                fitter.logger.log({f"point{first + group[i]}/{k}": v for k, v in record.items()})
+            bar.update(1)
+            if fitter.checkpoint.enabled:
+                members = [loop.state() for loop in pack.loops]
+                fitter.checkpoint.save(replace(state, stage=stage, fit={"members": members}))
+        bar.close()
+        for index in group:
+            fitted = loops[index].result()
+            record = grid_record(points[first + index], fitted.val, fitted.best_epoch, fitted.history)
+            record.packed_with = [first + i for i in group] if len(group) > 1 else []
+            keep(state, record, loops[index].model, fitted, cfg.protocol)
+        state.stage, state.fit = None, None
+        fitter.checkpoint.save(state)
+
+
 def search_jointly(cfg: DictConfig, points: list[dict[str, Any]], fitter: StageFitter, state: RunState) -> None:
     """The official PVeRA code's grid search (leofillioux/pvera ``utils/train.py``, lines 110-130): all points train
     in lockstep, an epoch each in turn, until every one has gone ``protocol.patience`` epochs without improving its own
@@ -137,21 +190,20 @@ def search_jointly(cfg: DictConfig, points: list[dict[str, Any]], fitter: StageF
 
     Whenever the lowest of the points' best val losses improves on the last saved one by more than
     ``protocol.min_rel_improvement``, that point and epoch become the choice; the last choice is kept.
-    Each point keeps its own random streams, so it trains as it would alone; the points share no forward
-    pass (the official code batches them into one, which changes nothing but speed).
+    Each point keeps its own random streams, so it trains as it would alone; with ``trainer.pack`` the points
+    share one forward pass, as in the official code, when they can (else they train in turn).
     """
     protocol, trainer = cfg.protocol, cfg.trainer
-    saved = state.fit if state.stage == "grid" else {"members": [None] * len(points), "choice": None}
-    loops = []
-    for point, resume in zip(points, saved["members"], strict=True):
-        point_cfg = with_point(cfg, point)
-        model = fitter.new_model(point_cfg)
-        loops.append(fitter.loop(point_cfg, model, protocol.train_split, protocol.val_split, resume))
+    saved = state.fit if state.stage == "grid" else {"members": [], "choice": None}
+    cfgs, loops = point_loops(cfg, points, fitter, saved["members"])
+    packed = trainer.pack and len(pack_groups(loops, cfgs)) == 1
+    pack = Pack(loops, packed)
+    log.info("joint early stopping: the %d grid points train %s", len(points), "packed" if packed else "in turn")
     choice = saved["choice"]  # {"index", "loss", "epoch", "val", "weights"} of the last saved best
     bar = progress_bar(trainer.epochs, loops[0].loop.epoch, loops[0].runtime.progress)
     while loops[0].loop.epoch < trainer.epochs and not all(loop.stopped_early() for loop in loops):
-        for index, loop in enumerate(loops):
-            record = loop.run_epoch(fitter.should_stop)
+        records = pack.run_epoch(list(range(len(loops))), fitter.should_stop)
+        for index, record in enumerate(records):
             fitter.logger.log({f"point{index}/{k}": v for k, v in record.items()})
         index = min(range(len(loops)), key=lambda i: loops[i].loop.best_loss)
         best = loops[index].loop
@@ -172,6 +224,7 @@ def search_jointly(cfg: DictConfig, points: list[dict[str, Any]], fitter: StageF
             choice["epoch"] if chosen else loop.loop.best_epoch,
             history,
         )
+        record.packed_with = list(range(len(points))) if packed else []
         if chosen:
             loop.model.load_state_dict(choice["weights"], strict=False)
             fitted = FitResult(len(history), choice["epoch"], loop.images_per_s(), history, choice["val"])

@@ -23,16 +23,21 @@ def checkpoint_epoch(folder: Path) -> int:
     """The last epoch in the checkpoint of the run writing under ``folder`` (0: none readable yet)."""
     for checkpoint in folder.rglob("*.ckpt"):
         try:
-            return torch.load(checkpoint, weights_only=True)["fit"]["loop"]["epoch"]
+            fit = torch.load(checkpoint, weights_only=True)["fit"]
+            return min(member["loop"]["epoch"] for member in fit.get("members", [fit]))  # a pack: every point's
         except Exception:  # noqa: BLE001  (replaced while being read: try again)
             pass
     return 0
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
-def test_a_run_stopped_mid_training_resumes_to_the_uninterrupted_result(stop, uninterrupted, tmp_path):
-    args, straight = uninterrupted
+@pytest.mark.parametrize(
+    "stop, grid",
+    [(signal.SIGTERM, "none"), (signal.SIGKILL, "none"), (signal.SIGKILL, "pvera")],
+    ids=["sigterm", "sigkill", "sigkill-packed-grid"],
+)
+def test_a_run_stopped_mid_training_resumes_to_the_uninterrupted_result(stop, grid, uninterrupted, tmp_path):
+    args, straight = uninterrupted(grid)
     folder = tmp_path / "runs"
     process = start_cli(*args, f"paths.results={folder}")
     deadline = time.monotonic() + 300
@@ -56,7 +61,8 @@ def test_a_run_stopped_mid_training_resumes_to_the_uninterrupted_result(stop, un
     assert "resuming after epoch" in again.stdout + again.stderr
     [resumed] = results(folder).values()
     assert (resumed["test_top1"], resumed["test_nll"]) == (straight["test_top1"], straight["test_nll"])
-    assert resumed["history"] == straight["history"]
+    assert resumed["history"] == straight["history"] and resumed["grid"] == straight["grid"]
+    assert resumed["packed"] == (grid == "pvera")
     assert not list(folder.rglob("*.ckpt"))
 
 
@@ -136,7 +142,10 @@ def test_sigterm_within_the_block_only_asks_training_to_stop():
 
 
 @pytest.mark.slow
-def test_joint_grid_search_stopped_mid_epoch_resumes_to_the_uninterrupted_result(data_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("packed", [False, True], ids=["in-turn", "packed"])
+def test_joint_grid_search_stopped_mid_epoch_resumes_to_the_uninterrupted_result(
+    packed, data_root, tmp_path, monkeypatch
+):
     """The official code's lockstep search (quirks.joint_early_stopping) checkpoints every point every epoch."""
     from helpers import compose_config
 
@@ -151,16 +160,21 @@ def test_joint_grid_search_stopped_mid_epoch_resumes_to_the_uninterrupted_result
             "trainer.epochs=3",
             "trainer.batch_size=100",
             "trainer.progress=false",
+            f"trainer.pack={packed}",
             f"data.root={data_root}",
             f"paths.results={folder}",
         )
 
     straight = run_module.run(config(tmp_path / "straight"))
+    assert all(record.get("packed_with") == ([0, 1, 2] if packed else None) for record in straight["grid"])
     batches_seen = []
+    # 8 batches per epoch: the first epoch of every point (in turn: 3 x 8 batches; packed: 8), then 3 batches into
+    # the second epoch (in turn: of the first point's)
+    first_epochs = 8 if packed else 3 * 8
 
     @contextlib.contextmanager
-    def stop_after_four_epochs_and_a_bit():  # 8 batches per epoch: 3 points' first epochs, then 1 of the second's
-        yield lambda: batches_seen.append(1) or len(batches_seen) > 3 * 8 + 8 + 3
+    def stop_after_four_epochs_and_a_bit():
+        yield lambda: batches_seen.append(1) or len(batches_seen) > first_epochs + (3 if packed else 8 + 3)
 
     monkeypatch.setattr(run_module, "stop_on_sigterm", stop_after_four_epochs_and_a_bit)
     with pytest.raises(SystemExit) as stopped:

@@ -214,3 +214,22 @@ def test_linear_probe_on_cached_features_matches_the_image_path(demo_config, tmp
 
 def test_adapters_that_train_inside_the_backbone_never_use_cached_features(demo_config):
     assert run(demo_config("adapter=lora"))["features_cached"] is False
+
+
+def test_a_packed_grid_run_gives_the_numbers_of_the_same_run_unpacked(demo_config, tmp_path):
+    """trainer.pack: PVeRA's three learning rates (training noise on) in one forward per step."""
+    overrides = ("adapter=pvera", "grid=pvera", "trainer.epochs=5")
+    records, stored = {}, {}
+    for packed in (True, False):
+        cfg = demo_config(*overrides, f"trainer.pack={packed}", f"paths.results={tmp_path / str(packed)}")
+        records[packed] = run(cfg)
+        stored[packed] = read_predictions(predictions_file(expected_result_path(cfg)))["test"].probs
+    packed, alone = records[True], records[False]
+    assert packed["packed"] and not alone["packed"]
+    assert [r["packed_with"] for r in packed["grid"]] == [[0, 1, 2]] * 3 and "packed_with" not in alone["grid"][0]
+    for one, other in zip(packed["grid"], alone["grid"], strict=True):
+        assert len(one["val_curve"]) == 5
+        torch.testing.assert_close(torch.tensor(one["val_curve"]), torch.tensor(other["val_curve"]), rtol=1e-5, atol=0)
+        assert (one["best_epoch"], one.get("selected")) == (other["best_epoch"], other.get("selected"))
+    torch.testing.assert_close(stored[True], stored[False], rtol=1e-5, atol=1e-7)
+    assert packed["test_top1"] == alone["test_top1"]

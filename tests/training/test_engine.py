@@ -13,7 +13,8 @@ from pvera_bench.data import SplitData
 from pvera_bench.evaluation.predict import classification_metrics
 from pvera_bench.models.runtime import Normalizer, Runtime
 from pvera_bench.training.inputs import HeadOnly
-from pvera_bench.training.loop import EpochLoop, Objective, Preempted, build_scheduler, fit, trainable_state
+from pvera_bench.training.loop import EpochLoop, Objective, Preempted, fit, trainable_state
+from pvera_bench.training.optim import build_scheduler
 
 
 def test_metrics_match_hand_computation():

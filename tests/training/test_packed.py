@@ -1,0 +1,134 @@
+"""Packed training (trainer.pack): a grid's points trained in one forward compute what each computes alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import tiny_vit
+from omegaconf import OmegaConf
+
+from pvera_bench.adapters import ADAPTERS, apply_adapter
+from pvera_bench.config import ProtocolConfig, TrainerConfig
+from pvera_bench.data import SplitData
+from pvera_bench.evaluation.predict import predict
+from pvera_bench.models.packing import PackedSite, pack_models, site_names
+from pvera_bench.models.runtime import Normalizer, Runtime
+from pvera_bench.training.loop import VALIDATION_SAMPLING, EpochLoop, Objective
+from pvera_bench.training.packed import Pack, pack_groups
+
+RUNTIME = Runtime(torch.device("cpu"), Normalizer((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)), progress=False)
+EPOCHS = 5
+LRS = (3e-2, 3e-3, 3e-4)
+# Points that change the adapter's shapes, as the grids do (grid=pvera: LoRA/DoRA ranks, bottleneck widths).
+SHAPED_POINTS = {
+    "lora": [{"r": 2}, {"r": 4}, {"r": 8}],
+    "dora": [{"r": 2}, {"r": 4}, {"r": 8}],
+    "adaptformer": [{"hidden_dim": None, "reduction": k} for k in (4, 8, 16)],
+    "bottleneck": [{"hidden_dim": None, "reduction": k} for k in (4, 8, 16)],
+    "vera": [{"r": 8}, {"r": 16}, {"r": 32}],
+    "pvera": [{"r": 8}, {"r": 16}, {"r": 32}],
+}
+
+
+def split(n: int, seed: int) -> SplitData:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    return SplitData(images, torch.randint(0, 5, (n,), generator=generator))
+
+
+TRAIN, VAL, TEST = split(48, 0), split(24, 1), split(24, 2)
+
+
+def point_loops(adapter: str, points: list[dict], protocol: ProtocolConfig) -> list[EpochLoop]:
+    """One loop per point, each built right after its model from the same seed, as ``search_grid`` builds them."""
+    loops = []
+    for point in points:
+        hparams = {k: v for k, v in point.items() if k != "lr"}
+        torch.manual_seed(0)
+        model = apply_adapter(tiny_vit(), adapter, **hparams)
+        trainer = TrainerConfig(epochs=EPOCHS, batch_size=16, progress=False)
+        objective = Objective(adapter_lr=point.get("lr"), regularization_weight=0.1)
+        loops.append(EpochLoop(model, TRAIN, VAL, RUNTIME, trainer, protocol, objective, seed=0))
+    return loops
+
+
+def train(loops: list[EpochLoop], packed: bool) -> Pack:
+    pack = Pack(loops, packed)
+    while active := [i for i, loop in enumerate(loops) if not loop.done()]:
+        pack.run_epoch(active)
+    return pack
+
+
+def assert_same_training(adapter: str, points: list[dict], protocol: ProtocolConfig) -> list[EpochLoop]:
+    packed, alone = point_loops(adapter, points, protocol), point_loops(adapter, points, protocol)
+    train(packed, packed=True)
+    train(alone, packed=False)
+    for one, other in zip(packed, alone, strict=True):
+        losses = torch.tensor([e["val_loss"] for e in one.loop.history], dtype=torch.float64)
+        reference = torch.tensor([e["val_loss"] for e in other.loop.history], dtype=torch.float64)
+        assert losses.shape == reference.shape  # the same epochs run (each point stops on its own)
+        torch.testing.assert_close(losses, reference, rtol=1e-5, atol=0)
+        first, second = one.result(), other.result()
+        assert first.best_epoch == second.best_epoch
+        test = predict(one.model, TEST, RUNTIME, 64, VALIDATION_SAMPLING).probs
+        torch.testing.assert_close(
+            test, predict(other.model, TEST, RUNTIME, 64, VALIDATION_SAMPLING).probs, rtol=1e-5, atol=1e-7
+        )
+    return packed
+
+
+NO_STOP = ProtocolConfig(early_stopping=False)
+
+
+@pytest.mark.parametrize("adapter", sorted(set(ADAPTERS) - {"linear"}))
+def test_points_differing_in_learning_rate_train_packed_as_alone(adapter):
+    assert_same_training(adapter, [{"lr": lr} for lr in LRS], NO_STOP)
+
+
+@pytest.mark.parametrize("adapter", sorted(SHAPED_POINTS))
+def test_points_differing_in_adapter_shape_train_packed_as_alone(adapter):
+    assert_same_training(adapter, SHAPED_POINTS[adapter], NO_STOP)
+
+
+def test_a_point_that_stops_early_leaves_the_pack_and_the_others_train_on_unchanged():
+    protocol = ProtocolConfig(patience=1, min_rel_improvement=1e-3)  # lr 1e-3 improves 0.2 %/epoch, the others stall
+    loops = assert_same_training("pvera", [{"lr": 3e-2}, {"lr": 1e-3}, {"lr": 1e-2}], protocol)
+    epochs = [loop.loop.epoch for loop in loops]
+    assert epochs == [2, EPOCHS, 2]
+
+
+def test_pvera_draws_its_training_noise_from_its_own_stream_in_the_pack():
+    loops = point_loops("pvera", [{"lr": lr} for lr in LRS], NO_STOP)
+    pack = train(loops, packed=True)
+    [trunk] = pack.trunks.values()
+    assert pack.draws and all(site.streams is pack.streams for site in trunk.modules() if isinstance(site, PackedSite))
+
+
+def test_the_trunk_shares_the_frozen_tensors_and_runs_each_model_on_its_chunk():
+    models = []
+    for r in (2, 4):
+        torch.manual_seed(0)
+        models.append(apply_adapter(tiny_vit(), "lora", r=r))
+    trunk = pack_models(models)
+    assert {id(p) for p in trunk.parameters()} <= {id(p) for m in models for p in m.parameters()}  # no copies
+    assert trunk.patch_embed.proj.weight is models[0].patch_embed.proj.weight
+    assert site_names(models[0]) == ["blocks.0.attn.qkv", "blocks.1.attn.qkv", "head"]
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        expected = torch.cat([models[0](x[:3]), models[1](x[3:])])
+        torch.testing.assert_close(trunk(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_points_whose_activation_shapes_differ_train_apart():
+    points = [{"prompts": 2}, {"prompts": 2, "lr": 1e-3}, {"prompts": 4}, {"prompts": 4}]
+    loops = point_loops("vpt_deep", points, NO_STOP)
+    cfgs = [OmegaConf.create({"trainer": {"epochs": EPOCHS}, "protocol": {}})] * 3
+    cfgs.append(OmegaConf.create({"trainer": {"epochs": 1}, "protocol": {}}))  # another schedule: not packed
+    assert pack_groups(loops, cfgs) == [[0, 1], [2], [3]]
+
+
+def test_models_with_different_sites_refuse_to_pack():
+    torch.manual_seed(0)
+    lora, ia3 = apply_adapter(tiny_vit(), "lora"), apply_adapter(tiny_vit(), "ia3")
+    with pytest.raises(ValueError, match="cannot pack models whose adapted modules differ"):
+        pack_models([lora, ia3])

@@ -50,7 +50,8 @@ INVALID_CONFIGS = [
         "unregistered-adapter-name",
         ["adapter.name=foo"],
         "adapter.name='foo' is not registered; choose one of adapter_plus, adaptformer, bitfit, bottleneck, convpass, "
-        "dora, fact_tk, fact_tt, full, ia3, linear, ln_tuning, lora, pvera, repadapter, ssf, vera, vpt_deep, vpt_shallow",
+        "dora, fact_tk, fact_tt, full, ia3, linear, ln_tuning, lora, pvera, repadapter, ssf, vera, vpt_deep, "
+        "vpt_shallow",
     ),
     (
         "wrong-type",

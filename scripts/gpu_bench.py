@@ -5,8 +5,9 @@ For each adapter of the PVeRA paper on a random-init backbone (default DINOv2-B/
 ``experiment=pvera_paper`` runs it), measures with the harness's own trainer (``EpochLoop``, ``Pack``):
 
 - train images/s at ``trainer.batch_size`` images per grid point and step: one grid point alone, the adapter's
-  whole grid (``grid=pvera``) trained in turn (``trainer.pack=false``), and packed (``trainer.pack``);
-  each the median of ``--repeats`` timed epochs of ``--steps`` steps, after a warm-up epoch;
+  whole grid (``grid=pvera``) trained in turn (``trainer.pack=false``), and packed (``trainer.pack``); each the
+  median of ``--repeats`` timed epochs of ``--steps`` steps, after a warm-up epoch, in turn and packed epochs
+  alternating (``time_over_first``: packed time / in-turn time, the median of the pairs);
 - model FLOP utilisation (MFU): FLOPs per step counted with ``torch.utils.flop_counter.FlopCounterMode`` (eager)
   times steps/s over the device's dense peak for the dtype (fp32 without TF32, or bf16);
 - each in fp32 and under bf16 autocast, eager and with ``torch.compile``.
@@ -60,7 +61,8 @@ def peak_flops(device: torch.device) -> tuple[str, dict[str, float] | None]:
     return name, next((peak for key, peak in PEAK_FLOPS.items() if key in name), None)
 
 
-MODES = ("alone", "in_turn", "packed")  # one grid point; the grid one point after another; the grid packed
+# One grid point alone; then the grid one point after another and packed, side by side (their epochs alternate).
+MODES = (("alone",), ("in_turn", "packed"))
 
 
 def pack_of(cfg, points: list[dict], runtime: Runtime, data: SplitData, packed: bool) -> Pack:
@@ -74,34 +76,39 @@ def pack_of(cfg, points: list[dict], runtime: Runtime, data: SplitData, packed: 
     return Pack(loops, packed)
 
 
-def measure(cfg, mode: str, runtime: Runtime, args: argparse.Namespace, count_flops: bool) -> dict[str, float]:
-    """Train images/s of all the points together, the median of ``args.repeats`` epochs after a warm-up one, and
-    the FLOPs of one step of every point."""
+def measure(cfg, modes: tuple[str, ...], runtime: Runtime, args: argparse.Namespace, count_flops: bool) -> list[dict]:
+    """For each mode: train images/s of all its points together, the median of ``args.repeats`` epochs after a
+    warm-up one, the modes' epochs taken in turn (side by side), and the FLOPs of one step of every point. The
+    second of two modes also gets ``time_over_first``: the median of its per-repeat time ratios to the first."""
     batch, size, steps = cfg.trainer.batch_size, cfg.backbone.img_size, args.steps
-    points = [{}] if mode == "alone" else grid_points(cfg)
     images = torch.randint(0, 256, (batch * steps, 3, size, size), dtype=torch.uint8, device=runtime.device)
     data = SplitData(images, torch.randint(0, cfg.dataset.num_classes, (batch * steps,), device=runtime.device))
-    pack = pack_of(cfg, points, runtime, data, packed=mode == "packed")
-    everyone = list(range(len(points)))
-    pack.run_epoch(everyone)  # warm-up: kernels, compilation, allocator
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        pack.run_epoch(everyone)
-        if runtime.device.type == "cuda":
-            torch.cuda.synchronize(runtime.device)
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
-    result = {"points": len(points), "train_images_per_s": len(points) * batch * steps / seconds}
-    result["step_s"] = seconds / steps
-    if count_flops:
-        one_step = SplitData(images[:batch], data.labels[:batch])
-        for loop in pack.loops:
-            loop.train = one_step
-        with FlopCounterMode(display=False) as counter:
-            pack.run_epoch(everyone)
-        result["flops_per_step"] = counter.get_total_flops()
-    return result
+    points = {mode: [{}] if mode == "alone" else grid_points(cfg) for mode in modes}
+    packs = {mode: pack_of(cfg, points[mode], runtime, data, packed=mode == "packed") for mode in modes}
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
+    for repeat in range(args.repeats + 1):  # the first round warms up: kernels, compilation, allocator
+        for mode in modes:
+            start = time.perf_counter()
+            packs[mode].run_epoch(list(range(len(points[mode]))))
+            if runtime.device.type == "cuda":
+                torch.cuda.synchronize(runtime.device)
+            if repeat:
+                times[mode].append(time.perf_counter() - start)
+    results = []
+    for mode in modes:
+        seconds = statistics.median(times[mode])
+        n = len(points[mode])
+        result = {"points": n, "train_images_per_s": n * batch * steps / seconds, "step_s": seconds / steps}
+        if count_flops:
+            for loop in packs[mode].loops:
+                loop.train = SplitData(images[:batch], data.labels[:batch])
+            with FlopCounterMode(display=False) as counter:
+                packs[mode].run_epoch(list(range(n)))
+            result["flops_per_step"] = counter.get_total_flops()
+        results.append(result)
+    if len(modes) == 2:
+        results[1]["time_over_first"] = statistics.median(t / f for f, t in zip(*times.values(), strict=True))
+    return results
 
 
 def throughput_cells(args: argparse.Namespace, device: torch.device) -> list[dict]:
@@ -109,7 +116,7 @@ def throughput_cells(args: argparse.Namespace, device: torch.device) -> list[dic
     _, peaks = peak_flops(device)
     deadline = time.monotonic() + args.budget_s
     flops: dict[tuple[str, str], float] = {}
-    cells = []
+    cells: list[dict] = []
     for compiled in (False, True) if args.compile else (False,):
         for adapter in args.adapters:
             for dtype in args.dtypes:
@@ -117,18 +124,18 @@ def throughput_cells(args: argparse.Namespace, device: torch.device) -> list[dic
                 cfg = compose_config([*overrides, f"trainer.bf16={dtype == 'bf16'}", f"trainer.device={device}"])
                 normalize = Normalizer((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)).to(device)  # random images: any will do
                 runtime = Runtime(device, normalize, bf16=dtype == "bf16", progress=False)
-                for mode in MODES:
-                    cell = {"adapter": adapter, "mode": mode, "dtype": dtype, "compile": compiled}
+                for modes in MODES:
+                    group = [{"adapter": adapter, "mode": mode, "dtype": dtype, "compile": compiled} for mode in modes]
                     if compiled and time.monotonic() > deadline and any(c["compile"] for c in cells):
-                        cells.append({**cell, "skipped": f"time budget (--budget-s {args.budget_s:g}) spent"})
+                        cells += [{**cell, "skipped": f"--budget-s {args.budget_s:g} spent"} for cell in group]
                         continue
-                    measured = measure(cfg, mode, runtime, args, count_flops=not compiled)
-                    key = (adapter, mode)
-                    flops.setdefault(key, measured.pop("flops_per_step", None))
-                    achieved = flops[key] / measured["step_s"]
-                    mfu = achieved / peaks[dtype] if peaks else None
-                    cells.append({**cell, **measured, "model_tflops_per_s": achieved / 1e12, "mfu": mfu})
-                    print(json.dumps(cells[-1]), flush=True)
+                    for cell, measured in zip(group, measure(cfg, modes, runtime, args, not compiled), strict=True):
+                        key = (adapter, cell["mode"])
+                        flops.setdefault(key, measured.pop("flops_per_step", None))
+                        achieved = flops[key] / measured["step_s"]
+                        mfu = achieved / peaks[dtype] if peaks else None
+                        cells.append({**cell, **measured, "model_tflops_per_s": achieved / 1e12, "mfu": mfu})
+                        print(json.dumps(cells[-1]), flush=True)
     return cells
 
 

@@ -194,6 +194,8 @@ def measured_throughput(report: Path | None) -> dict | None:
         if not reports:
             return None
         report = reports[-1]
+    if not report.is_file():
+        fail(f"--bench {report}: no such file; run scripts/gpu_bench.py on a GPU first, or give --train-throughput")
     try:
         content = json.loads(report.read_text())
         measured = {"train_images_per_s": float(content["real_run"]["train_images_per_s"]), "device": content["device"]}

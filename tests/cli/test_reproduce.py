@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 from helpers import run_bench
 
@@ -66,3 +67,20 @@ def test_an_unknown_adapter_is_a_one_line_error():
     assert completed.stdout == ""
     [line] = completed.stderr.strip().splitlines()
     assert line.startswith("error:") and "nosuch" in line and PAPER_ADAPTERS in line
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no such file; run scripts/gpu_bench.py on a GPU first, or give --train-throughput"),
+        ("{}", "not a report of scripts/gpu_bench.py (KeyError: 'real_run')"),
+    ],
+    ids=["missing", "not-a-report"],
+)
+def test_a_bad_bench_report_is_one_line(tmp_path, content, message):
+    report = tmp_path / "gpu-h100.json"
+    if content is not None:
+        report.write_text(content)
+    result = run_bench("reproduce", "--bench", str(report))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [f"error: --bench {report}: {message}"]

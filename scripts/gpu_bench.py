@@ -40,7 +40,7 @@ from pvera_bench.models.build import seeded_model
 from pvera_bench.models.runtime import Normalizer, Runtime, resolve_device, reuse_freed_host_memory
 from pvera_bench.pipeline.compose import compose_config
 from pvera_bench.pipeline.run import run
-from pvera_bench.training.loop import EpochLoop, Objective
+from pvera_bench.training.loop import EpochLoop, Objective, elapsed_since
 from pvera_bench.training.packed import Pack
 
 ADAPTERS = ("lora", "dora", "vera", "pvera", "adaptformer", "bottleneck", "ia3")
@@ -90,10 +90,8 @@ def measure(cfg, modes: tuple[str, ...], runtime: Runtime, args: argparse.Namesp
         for mode in modes:
             start = time.perf_counter()
             packs[mode].run_epoch(list(range(len(points[mode]))))
-            if runtime.device.type == "cuda":
-                torch.cuda.synchronize(runtime.device)
             if repeat:
-                times[mode].append(time.perf_counter() - start)
+                times[mode].append(elapsed_since(start, runtime.device))
     results = []
     for mode in modes:
         seconds = statistics.median(times[mode])

@@ -32,7 +32,7 @@ class Pack:
         self.loops = loops
         self.packed = packed
         self.streams = RandomStreams([])
-        self.draws = any(probe(loop.model, example(loop))[1] for loop in loops)
+        self.draws = packed and any(probe(loop.model, example(loop))[1] for loop in loops)  # in turn: never asked
         self.trunks: dict[tuple[int, ...], nn.Module] = {}
 
     def trunk(self, active: tuple[int, ...]) -> nn.Module:

@@ -6,7 +6,7 @@ For each adapter of the PVeRA paper on a random-init backbone (default DINOv2-B/
 
 - train images/s at ``trainer.batch_size`` images per grid point and step: one grid point alone, the adapter's
   whole grid (``grid=pvera``) trained in turn (``trainer.pack=false``), and packed (``trainer.pack``); each the
-  median of ``--repeats`` timed epochs of ``--steps`` steps, after a warm-up epoch, in turn and packed epochs
+  median of ``--repeats`` timed epochs of ``--steps`` steps, after ``--warmup`` epochs (2), in turn and packed epochs
   alternating (``time_over_first``: packed time / in-turn time, the median of the pairs);
 - model FLOP utilisation (MFU): FLOPs per step counted with ``torch.utils.flop_counter.FlopCounterMode`` (eager)
   times steps/s over the device's dense peak for the dtype (fp32 without TF32, or bf16);
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import resource
 import statistics
 import tempfile
 import time
@@ -53,6 +54,11 @@ PEAK_FLOPS = {
 }
 
 
+def host_page_faults() -> int:
+    """Minor page faults of this process so far (on a CPU run, each is a fresh page of activation memory)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def peak_flops(device: torch.device) -> tuple[str, dict[str, float] | None]:
     """The device's name and its dense peak FLOP/s per dtype (None where unknown, e.g. a CPU)."""
     if device.type != "cuda":
@@ -77,26 +83,30 @@ def pack_of(cfg, points: list[dict], runtime: Runtime, data: SplitData, packed: 
 
 
 def measure(cfg, modes: tuple[str, ...], runtime: Runtime, args: argparse.Namespace, count_flops: bool) -> list[dict]:
-    """For each mode: train images/s of all its points together, the median of ``args.repeats`` epochs after a
-    warm-up one, the modes' epochs taken in turn (side by side), and the FLOPs of one step of every point. The
-    second of two modes also gets ``time_over_first``: the median of its per-repeat time ratios to the first."""
+    """For each mode: train images/s of all its points together, the median of ``args.repeats`` epochs after
+    ``args.warmup`` untimed ones, the modes' epochs taken in turn (side by side), and the FLOPs of one step of
+    every point. The second of two modes also gets ``time_over_first``: the median of its per-repeat time ratios
+    to the first (``time_over_first_pairs``)."""
     batch, size, steps = cfg.trainer.batch_size, cfg.backbone.img_size, args.steps
     images = torch.randint(0, 256, (batch * steps, 3, size, size), dtype=torch.uint8, device=runtime.device)
     data = SplitData(images, torch.randint(0, cfg.dataset.num_classes, (batch * steps,), device=runtime.device))
     points = {mode: [{}] if mode == "alone" else grid_points(cfg) for mode in modes}
     packs = {mode: pack_of(cfg, points[mode], runtime, data, packed=mode == "packed") for mode in modes}
     times: dict[str, list[float]] = {mode: [] for mode in modes}
-    for repeat in range(args.repeats + 1):  # the first round warms up: kernels, compilation, allocator
+    faults: dict[str, list[int]] = {mode: [] for mode in modes}
+    for repeat in range(args.warmup + args.repeats):  # warm-up rounds: kernels, compilation, the host heap's growth
         for mode in modes:
-            start = time.perf_counter()
+            faulted, start = host_page_faults(), time.perf_counter()
             packs[mode].run_epoch(list(range(len(points[mode]))))
-            if repeat:
+            if repeat >= args.warmup:
                 times[mode].append(elapsed_since(start, runtime.device))
+                faults[mode].append(host_page_faults() - faulted)
     results = []
     for mode in modes:
         seconds = statistics.median(times[mode])
         n = len(points[mode])
         result = {"points": n, "train_images_per_s": n * batch * steps / seconds, "step_s": seconds / steps}
+        result["host_page_faults"] = statistics.median(faults[mode])  # per epoch: fresh host memory touched
         if count_flops:
             for loop in packs[mode].loops:
                 loop.train = SplitData(images[:batch], data.labels[:batch])
@@ -105,7 +115,8 @@ def measure(cfg, modes: tuple[str, ...], runtime: Runtime, args: argparse.Namesp
             result["flops_per_step"] = counter.get_total_flops()
         results.append(result)
     if len(modes) == 2:
-        results[1]["time_over_first"] = statistics.median(t / f for f, t in zip(*times.values(), strict=True))
+        ratios = [t / f for f, t in zip(*times.values(), strict=True)]
+        results[1]["time_over_first"], results[1]["time_over_first_pairs"] = statistics.median(ratios), ratios
     return results
 
 
@@ -165,12 +176,12 @@ def real_run(args: argparse.Namespace, device: torch.device) -> dict:
 
 
 def render(report: dict) -> str:
-    cells = pd.DataFrame(report["cells"])
+    cells = pd.DataFrame(report["cells"]).drop(columns="time_over_first_pairs", errors="ignore")  # in the JSON
     head = (
         f"`python scripts/gpu_bench.py` on {report['device']}: {report['backbone']} (random weights) at "
         f"{report['img_size']} px, batch {report['batch_size']} per grid point, the median of {report['repeats']} "
-        f"epochs of {report['steps']} steps after a warm-up epoch; torch {report['versions'].get('torch')}, "
-        f"commit {report['commit']}.\n\n"
+        f"epochs of {report['steps']} steps after {report['warmup']} warm-up epochs; "
+        f"torch {report['versions'].get('torch')}, commit {report['commit']}.\n\n"
     )
     real = report["real_run"]
     tail = "\n"
@@ -189,6 +200,7 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--steps", type=int, default=10, help="steps per timed epoch")
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs per cell (the median counts)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed epochs per cell before the timed ones")
     parser.add_argument("--budget-s", type=float, default=270.0, help="seconds after which compiled cells stop")
     parser.add_argument(
         "--overrides",
@@ -212,6 +224,7 @@ def main() -> None:
         "batch_size": cfg.trainer.batch_size,
         "steps": args.steps,
         "repeats": args.repeats,
+        "warmup": args.warmup,
         "commit": git_state()["git_commit"],
         "versions": package_versions(),
         "cells": throughput_cells(args, device),

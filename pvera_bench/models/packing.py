@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -79,11 +80,18 @@ def pack_models(models: list[nn.Module], streams: RandomStreams | None = None) -
     return trunk
 
 
+class Probe(NamedTuple):
+    """What one training-mode forward shows of a model: each site's output shape (batch size left out), and
+    whether it drew random numbers (a sampled latent, dropout, drop path)."""
+
+    shapes: list[tuple[str, tuple[int, ...]]]
+    drew: bool
+
+
 @torch.no_grad()
-def probe(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str, tuple[int, ...]]], bool]:
-    """One training-mode forward of ``example``: each site's output shape (batch size left out), and whether the
-    model drew random numbers (a sampled latent, dropout, drop path). Models pack together only when the shapes
-    agree (VPT's prompt length changes the token count); a pack whose models draw gives each its own stream."""
+def probe(model: nn.Module, example: torch.Tensor) -> Probe:
+    """One training-mode forward of ``example``. Models pack together only when their site shapes agree (VPT's
+    prompt length changes the token count); a pack whose models draw gives each its own stream."""
     shapes: list[tuple[str, tuple[int, ...]]] = []
     hooks = [
         model.get_submodule(name).register_forward_hook(
@@ -105,4 +113,4 @@ def probe(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str, tupl
     drew = not torch.equal(before["torch"], after["torch"]) or any(
         not torch.equal(b, a) for b, a in zip(before["cuda"], after["cuda"], strict=True)
     )
-    return shapes, drew
+    return Probe(shapes, drew)

@@ -16,6 +16,7 @@ from pvera_bench.core.errors import UserError
 from pvera_bench.data import SplitData
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+NEVER_TRIM = -1  # as the trim threshold: the heap is never given back (mallopt(3))
 RESIDENT_LIMIT_BYTES = 2 << 30  # splits up to this size live on the GPU; larger ones stream from pinned memory
 
 
@@ -41,15 +42,19 @@ def reuse_freed_host_memory() -> None:
     """Keep freed host memory for reuse instead of returning it to the system (glibc only; else nothing).
 
     glibc serves allocations above its mmap threshold (at most 32 MiB by default) with fresh pages and unmaps
-    them when freed, so a CPU training step whose activations are that large pays page faults on every one; at
-    three ViT-B batches of 8 (a packed grid) that is 18 % of the step on 2 cores. The thresholds are raised once.
+    them when freed, and gives the top of its heap back once more than the trim threshold is free, so a CPU
+    training step whose activations are that large pays page faults on every one; at three ViT-B batches of 8
+    (a packed grid) that is 18 % of the step on 2 cores. So large blocks come from the heap, which is never
+    trimmed. ``mallopt`` takes a C int: a threshold above 2 GiB would wrap, which is why trimming is switched
+    off instead of raised (the working set of a packed step can exceed 2 GiB).
     """
     try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
         return
-    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
-    libc.mallopt(M_TRIM_THRESHOLD, 1 << 34)
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    mallopt(M_MMAP_THRESHOLD, 1 << 30)
+    mallopt(M_TRIM_THRESHOLD, NEVER_TRIM)
 
 
 class Normalizer(nn.Module):

@@ -18,7 +18,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from pvera_bench.models.packing import pack_models, probe
+from pvera_bench.models.packing import Probe, pack_models, probe
 from pvera_bench.models.runtime import RandomStreams, restore_rng, torch_rng_state
 from pvera_bench.training.loop import EpochLoop, elapsed_since, never, train_epoch
 
@@ -28,11 +28,12 @@ log = logging.getLogger(__name__)
 class Pack:
     """Epoch loops trained together: with ``packed``, one forward per step; without, one after another."""
 
-    def __init__(self, loops: list[EpochLoop], packed: bool = True) -> None:
+    def __init__(self, loops: list[EpochLoop], packed: bool = True, draws: bool | None = None) -> None:
+        """``draws``: whether the loops' models draw random numbers (None: probe them, when packed)."""
         self.loops = loops
         self.packed = packed
         self.streams = RandomStreams([])
-        self.draws = packed and any(probe(loop.model, example(loop))[1] for loop in loops)  # in turn: never asked
+        self.draws = packed and (any(p.drew for p in probe_loops(loops)) if draws is None else draws)
         self.trunks: dict[tuple[int, ...], nn.Module] = {}
 
     def trunk(self, active: tuple[int, ...]) -> nn.Module:
@@ -67,14 +68,18 @@ def example(loop: EpochLoop) -> torch.Tensor:
     return loop.runtime.normalize(loop.train.images[:1].to(loop.runtime.device))
 
 
-def packing_key(loop: EpochLoop, cfg) -> tuple:
-    """What must agree for grid points to train packed: the trainer and protocol, and each site's output shape."""
-    return OmegaConf.to_yaml(cfg.trainer), OmegaConf.to_yaml(cfg.protocol), probe(loop.model, example(loop))[0]
+def probe_loops(loops: list[EpochLoop]) -> list[Probe]:
+    """Each loop's model probed on its first training image (:func:`pvera_bench.models.packing.probe`)."""
+    return [probe(loop.model, example(loop)) for loop in loops]
 
 
-def pack_groups(loops: list[EpochLoop], cfgs: list) -> list[list[int]]:
-    """The loops, in order, cut into runs that can train packed (consecutive loops with equal packing keys)."""
-    keys = [packing_key(loop, cfg) for loop, cfg in zip(loops, cfgs, strict=True)]
+def pack_groups(probes: list[Probe], cfgs: list) -> list[list[int]]:
+    """The grid points, in order, cut into runs that can train packed: consecutive points with equal trainer and
+    protocol settings and equal site output shapes."""
+    keys = [
+        (OmegaConf.to_yaml(cfg.trainer), OmegaConf.to_yaml(cfg.protocol), found.shapes)
+        for found, cfg in zip(probes, cfgs, strict=True)
+    ]
     groups: list[list[int]] = []
     for index, key in enumerate(keys):
         if groups and keys[groups[-1][0]] == key:

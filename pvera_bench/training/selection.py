@@ -24,7 +24,7 @@ from pvera_bench.training.checkpoint import Checkpoint, GridRecord, RunState
 from pvera_bench.training.inputs import TaskInputs
 from pvera_bench.training.loggers import NullLogger
 from pvera_bench.training.loop import EpochLoop, FitResult, Objective, fit, progress_bar
-from pvera_bench.training.packed import Pack, log_groups, pack_groups
+from pvera_bench.training.packed import Pack, log_groups, pack_groups, probe_loops
 
 log = logging.getLogger(__name__)
 
@@ -159,10 +159,12 @@ def search_packed(cfg: DictConfig, points: list[dict[str, Any]], fitter: StageFi
     first = len(state.grid)
     saved = state.fit["members"] if state.stage == f"pack{first}" else []
     cfgs, loops = point_loops(cfg, points[first:], fitter, saved)
-    groups = pack_groups(loops, cfgs)
+    probes = probe_loops(loops)
+    groups = pack_groups(probes, cfgs)
     log_groups(groups, first)
     for group in groups:
-        pack, stage = Pack([loops[i] for i in group]), f"pack{first + group[0]}"
+        pack = Pack([loops[i] for i in group], draws=any(probes[i].drew for i in group))
+        stage = f"pack{first + group[0]}"
         done = max(loop.loop.epoch for loop in pack.loops)
         bar = progress_bar(cfg.trainer.epochs, done, fitter.inputs.runtime.progress)
         while active := [i for i, loop in enumerate(pack.loops) if not loop.done()]:
@@ -196,8 +198,9 @@ def search_jointly(cfg: DictConfig, points: list[dict[str, Any]], fitter: StageF
     protocol, trainer = cfg.protocol, cfg.trainer
     saved = state.fit if state.stage == "grid" else {"members": [], "choice": None}
     cfgs, loops = point_loops(cfg, points, fitter, saved["members"])
-    packed = trainer.pack and len(pack_groups(loops, cfgs)) == 1
-    pack = Pack(loops, packed)
+    probes = probe_loops(loops) if trainer.pack else []
+    packed = trainer.pack and len(pack_groups(probes, cfgs)) == 1
+    pack = Pack(loops, packed, draws=any(p.drew for p in probes))
     log.info("joint early stopping: the %d grid points train %s", len(points), "packed" if packed else "in turn")
     choice = saved["choice"]  # {"index", "loss", "epoch", "val", "weights"} of the last saved best
     bar = progress_bar(trainer.epochs, loops[0].loop.epoch, loops[0].runtime.progress)

@@ -10,6 +10,7 @@ from helpers import run_bench, run_script
 
 def test_gpu_bench_runs_on_cpu_and_reproduce_reads_its_throughput(tmp_path, data_root):
     args = ["--device", "cpu", "--adapters", "lora", "--dtypes", "bf16", "--steps", "1", "--repeats", "1"]
+    args += ["--warmup", "1"]
     args += ["--overrides", "backbone=tiny", f"data.root={data_root}", "--out", str(tmp_path / "results/bench")]
     result = run_script("scripts/gpu_bench.py", *args, "--budget-s", "0")  # one compiled cell, then the budget is spent
     assert result.returncode == 0, result.stderr[-3000:]
@@ -22,6 +23,8 @@ def test_gpu_bench_runs_on_cpu_and_reproduce_reads_its_throughput(tmp_path, data
     measured = [c for c in cells.values() if "skipped" not in c]
     assert len(measured) == 4 and cells["alone", True] in measured  # the eager cells and one compiled cell
     assert all(c["train_images_per_s"] > 0 and c["mfu"] is None for c in measured)  # no CPU peak is known
+    assert all(c["host_page_faults"] >= 0 for c in measured)
+    assert len(cells["packed", False]["time_over_first_pairs"]) == 1  # one timed pair
     assert cells["packed", False]["model_tflops_per_s"] > 0
     real = report["real_run"]
     assert real["points"] == 3 and real["packed"] and real["train_images_per_s"] > 0

@@ -14,7 +14,7 @@ from pvera_bench.evaluation.predict import predict
 from pvera_bench.models.packing import PackedSite, pack_models, site_names
 from pvera_bench.models.runtime import Normalizer, Runtime
 from pvera_bench.training.loop import VALIDATION_SAMPLING, EpochLoop, Objective
-from pvera_bench.training.packed import Pack, pack_groups
+from pvera_bench.training.packed import Pack, pack_groups, probe_loops
 
 RUNTIME = Runtime(torch.device("cpu"), Normalizer((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)), progress=False)
 EPOCHS = 5
@@ -124,7 +124,7 @@ def test_points_whose_activation_shapes_differ_train_apart():
     loops = point_loops("vpt_deep", points, NO_STOP)
     cfgs = [OmegaConf.create({"trainer": {"epochs": EPOCHS}, "protocol": {}})] * 3
     cfgs.append(OmegaConf.create({"trainer": {"epochs": 1}, "protocol": {}}))  # another schedule: not packed
-    assert pack_groups(loops, cfgs) == [[0, 1], [2], [3]]
+    assert pack_groups(probe_loops(loops), cfgs) == [[0, 1], [2], [3]]
 
 
 def test_models_with_different_sites_refuse_to_pack():

@@ -48,13 +48,13 @@ def mock_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def uninterrupted(data_root, tmp_path_factory) -> Callable[[str], tuple[list[str], dict]]:
-    """The resume tests' reference: for a grid option, the arguments of an 8-epoch PVeRA run and its
-    uninterrupted result (grid=pvera: its three points train packed)."""
+def uninterrupted(data_root, tmp_path_factory) -> Callable[[str, int], tuple[list[str], dict]]:
+    """The resume tests' reference: for a grid option and a number of epochs, the arguments of a PVeRA run and
+    its uninterrupted result (grid=pvera: its three points train packed)."""
 
     @functools.cache
-    def reference(grid: str) -> tuple[list[str], dict]:
-        args = [*RESUME_ARGS, f"grid={grid}", f"data.root={data_root}"]
+    def reference(grid: str, epochs: int) -> tuple[list[str], dict]:
+        args = [*RESUME_ARGS, f"grid={grid}", f"trainer.epochs={epochs}", f"data.root={data_root}"]
         folder = tmp_path_factory.mktemp("uninterrupted")
         completed = run_cli(*args, f"paths.results={folder}")
         assert completed.returncode == 0, completed.stderr[-3000:]

@@ -18,7 +18,7 @@ from pvera_bench.artefacts.layout import RunFiles, result_path
 from pvera_bench.pipeline.compose import compose_config as compose
 
 REPO = Path(__file__).resolve().parent.parent
-RESUME_ARGS = ("experiment=demo", "trainer=smoke", "adapter=pvera", "trainer.epochs=8")
+RESUME_ARGS = ("experiment=demo", "trainer=smoke", "adapter=pvera")
 
 
 def compose_config(*overrides: str) -> DictConfig:

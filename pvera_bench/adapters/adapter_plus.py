@@ -81,8 +81,8 @@ class PostBlockAdapter(AdaptedLayer):
         for layer in (self.adapter_plus_down, self.adapter_plus_up):
             near_identity_init_(layer, HOULSBY_STD)
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        y = self.base_layer(x, *args, **kwargs)
+    def adapt_output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``y + s ⊙ DropPath(up(Dropout(GELU(down(y)))))``, ``y`` being ``block(x)``."""
         update = self.adapter_plus_up(self.dropout(self.activation(self.adapter_plus_down(y))))
         return y + (self.drop_path(update) * self.adapter_plus_scale).to(y.dtype)
 

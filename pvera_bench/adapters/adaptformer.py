@@ -64,8 +64,7 @@ class ParallelAdapter(AdaptedLayer):
             nn.init.zeros_(self.adaptformer_up.weight)
             nn.init.zeros_(self.adaptformer_up.bias)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(h)
+    def adapt_output(self, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         return out + (self.adaptformer_scale * self.adaptformer_up(torch.relu(self.adaptformer_down(h)))).to(out.dtype)
 
 

@@ -123,9 +123,8 @@ class SerialAdapter(AdaptedLayer):
             for layer in (self.bottleneck_down, self.bottleneck_up):
                 near_identity_init_(layer, config.init_std)
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        y = self.base_layer(x, *args, **kwargs)
-        return y + self.bottleneck_up(self.activation(self.bottleneck_down(y)))
+    def adapt_output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y + self.bottleneck_up(self.activation(self.bottleneck_down(y)))  # y = base_layer(x)
 
 
 def inject(model: nn.Module, config: BottleneckConfig) -> None:

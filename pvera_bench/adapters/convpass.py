@@ -114,8 +114,8 @@ class ConvBypass(AdaptedLayer):
         z = torch.cat([prefix.reshape(batch, prefix_count, hidden), patches], dim=1)
         return self.convpass_up(self.dropout(quick_gelu(z)))
 
-    def forward(self, h: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        out = self.base_layer(h, *args, **kwargs)
+    def adapt_output(self, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``block(h) + s · bypass(h)``, ``out`` being the frozen attention or MLP of ``h``."""
         return out + (self.scale * self.bypass(h)).to(out.dtype)
 
 

@@ -99,7 +99,7 @@ class DoraLinear(LoraLinear):
         scale = self.magnitude_scale().unsqueeze(self.norm_dim)
         return scale * (self.base_weights() + super().delta_weight())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # its own: the frozen W x is rescaled before the bias
         wx = F.linear(x, self.base_layer.weight)  # W x; the bias is added after the rescaling
         wx_slices = take_slices(wx, self.slices)
         if self.norm_dim == -1:  # m (W x + ΔW dropout(x)) / ||W + ΔW||, per slice and output row

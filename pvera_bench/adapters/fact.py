@@ -119,11 +119,12 @@ class FactLinear(SlicedLinear):
         """Every block's core in the paper's (r_in, r_out) layout, ``(n_slices, out_chunks, in_chunks, r, r)``."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def adapt_output(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``W x + s · V Σᵀ U x`` per d × d block of each adapted slice, ``out`` being ``W x``."""
         u = F.linear(x.unflatten(-1, (self.in_chunks, -1)), self.factors.fact_u)  # U x per input chunk: (..., K, r)
         z = torch.einsum("...ka,nokab->...nob", u, self.cores())  # summed over input chunks: (..., n, O, r)
         update = F.linear(self.fact_dropout(z), self.factors.fact_v).flatten(-2)  # (..., n, O·d)
-        return self.add_to_slices(self.base_layer(x), self.scale * update)
+        return self.add_to_slices(out, self.scale * update)
 
     def delta_weight(self) -> torch.Tensor:
         blocks = torch.einsum("db,nokab,ae->nodke", self.factors.fact_v, self.cores(), self.factors.fact_u)

@@ -48,10 +48,12 @@ class Ia3Linear(AdaptedLayer):
         per_slice = self.ia3_l.view(len(self.slices), -1)
         return spread_slices(per_slice, self.slices, self.base_layer.out_features, fill=1.0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def adapt_input(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ia3_l * x if self.feedforward else x  # W (l ⊙ x) + b
+
+    def adapt_output(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         if self.feedforward:
-            return self.base_layer(self.ia3_l * x)  # W (l ⊙ x) + b
-        out = self.base_layer(x)
+            return out
         return self.full_scale().to(out.dtype) * out  # l ⊙ (W x + b), in the base layer's dtype
 
     def merged_layer(self) -> nn.Linear:

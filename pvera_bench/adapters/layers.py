@@ -20,14 +20,29 @@ QKV_NAMES = ("q", "k", "v")
 
 
 class AdaptedLayer(nn.Module):
-    """A frozen module wrapped by an adapter: ``base_layer`` is the original, ``forward`` adds the adapter.
+    """A frozen module wrapped by an adapter: ``base_layer`` is the original, and the adapter changes what it
+    reads, what it returns, or both: ``forward(x) = adapt_output(x, base_layer(adapt_input(x)))``.
 
-    The layers of mergeable adapters implement :meth:`merged_layer`.
+    Written so, a packed trunk (:mod:`pvera_bench.models.packing`) runs the frozen ``base_layer`` once for the
+    adapters of several models. A layer whose equation does not split there (DoRA rescales the frozen weight
+    itself) overrides ``forward`` instead, and then runs whole for each model. The layers of mergeable adapters
+    implement :meth:`merged_layer`.
     """
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
         self.base_layer = base_layer
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return self.adapt_output(x, self.base_layer(self.adapt_input(x), *args, **kwargs))
+
+    def adapt_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the base layer reads instead of ``x`` (``x`` itself unless the adapter changes it)."""
+        return x
+
+    def adapt_output(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The layer's output, from its input ``x`` and the base layer's output ``out`` (``out`` unless changed)."""
+        return out
 
     def merged_layer(self) -> nn.Module:
         """The base layer with the adapter folded into its weights."""

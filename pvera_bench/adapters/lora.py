@@ -69,8 +69,9 @@ class LoraLinear(SlicedLinear):
         per_slice = [F.linear(F.linear(x, down), up) for down, up in zip(*self.factors(), strict=True)]
         return self.scaling * torch.stack(per_slice, dim=-2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.add_to_slices(self.base_layer(x), self.update(x))
+    def adapt_output(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``W x + (alpha / r) B A x`` on each adapted slice, ``out`` being ``W x``."""
+        return self.add_to_slices(out, self.update(x))
 
     def delta_weight(self) -> torch.Tensor:
         down, up = self.factors()

@@ -47,12 +47,13 @@ class PveraLinear(ProjectionLinear, StochasticLayer):
         self.pvera_lambda_d = nn.Parameter(self.initial_d(2 * config.r, config))
         self.pvera_lambda_b = nn.Parameter(torch.zeros(len(self.slices), self.slice_width))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def adapt_output(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``W x + alpha Λ_b B z`` on each adapted slice, ``z`` the latent of ``(mu, logvar) = Λ_d A x``."""
         d, b = self.pvera_lambda_d, self.pvera_lambda_b  # (n_slices, 2r), (n_slices, width)
         mu, logvar = (d * down_project(self.vera_dropout(x), self.A)).chunk(2, dim=-1)  # (..., n_slices, r) each
         self.posterior = (mu, logvar) if self.training else None
         update = self.alpha * b * up_project(self.latent(mu, logvar), self.B)  # (..., n_slices, width)
-        return self.add_to_slices(self.base_layer(x), update)
+        return self.add_to_slices(out, update)
 
     def latent(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         """``z``: a fresh draw in training; at test time the one ``sample_mode`` names."""

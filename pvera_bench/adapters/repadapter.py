@@ -89,13 +89,10 @@ class RepAdapterLinear(AdaptedLayer):
         """The grouped up projection as one block-diagonal ``(dim, hidden)`` matrix U."""
         return torch.block_diag(*self.repadapter_up)
 
-    def adapt(self, x: torch.Tensor) -> torch.Tensor:
-        """``x + s · up(dropout(down(x)))``."""
+    def adapt_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + s · up(dropout(down(x)))``, what the base Linear reads."""
         hidden = self.dropout(self.repadapter_down(x))
         return x + (self.scale * F.linear(hidden, self.up_weight(), self.repadapter_up_bias)).to(x.dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base_layer(self.adapt(x))
 
     def merged_layer(self) -> nn.Linear:
         """The base Linear with the adapter folded in: ``W' = W (I + s U D)``, ``b' = b + s W (U b_d + b_u)``."""

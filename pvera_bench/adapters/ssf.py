@@ -65,8 +65,7 @@ class SsfLayer(AdaptedLayer):
         self.ssf_scale = nn.Parameter(torch.empty(channels).normal_(1.0, init_std))
         self.ssf_shift = nn.Parameter(torch.empty(channels).normal_(0.0, init_std))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(x)
+    def adapt_output(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         scale, shift = self.ssf_scale.view(self.channel_shape), self.ssf_shift.view(self.channel_shape)
         return out * scale.to(out.dtype) + shift.to(out.dtype)  # γ ⊙ op(x) + β, in the base output's dtype
 

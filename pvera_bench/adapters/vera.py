@@ -140,11 +140,12 @@ class VeraLinear(ProjectionLinear):
         self.vera_lambda_d = nn.Parameter(self.initial_d(config.r, config))
         self.vera_lambda_b = nn.Parameter(torch.zeros(len(self.slices), self.slice_width))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def adapt_output(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``W x + alpha Λ_b B Λ_d A x`` on each adapted slice, ``out`` being ``W x``."""
         d, b = self.vera_lambda_d, self.vera_lambda_b  # (n_slices, r), (n_slices, width)
         z = d * down_project(self.vera_dropout(x), self.A)  # (..., n_slices, r)
         update = self.alpha * b * up_project(z, self.B)  # (..., n_slices, width)
-        return self.add_to_slices(self.base_layer(x), update)
+        return self.add_to_slices(out, update)
 
     def delta_weight(self) -> torch.Tensor:
         return scaled_projection_weight(self.vera_lambda_b, self.vera_lambda_d, self.A, self.B, self.alpha)

@@ -100,17 +100,21 @@ class PromptedBlock(AdaptedLayer):
         self.replaces = replaces
         self.removes = removes
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.vpt_prompts is not None:
-            prefix, rest = x[:, : self.num_prefix], x[:, self.num_prefix :]
-            if self.replaces:
-                rest = rest[:, self.num_prompts :]  # the previous block's prompt outputs are discarded
-            prompts = self.prompt_dropout(self.vpt_prompts.to(x.dtype).expand(x.shape[0], -1, -1))
-            x = torch.cat([prefix, prompts, rest], dim=1)
-        x = self.base_layer(x)
-        if self.removes:
-            x = torch.cat([x[:, : self.num_prefix], x[:, self.num_prefix + self.num_prompts :]], dim=1)
-        return x
+    def adapt_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The tokens with this block's prompts written after the prefix (``x`` itself if it has none)."""
+        if self.vpt_prompts is None:
+            return x
+        prefix, rest = x[:, : self.num_prefix], x[:, self.num_prefix :]
+        if self.replaces:
+            rest = rest[:, self.num_prompts :]  # the previous block's prompt outputs are discarded
+        prompts = self.prompt_dropout(self.vpt_prompts.to(x.dtype).expand(x.shape[0], -1, -1))
+        return torch.cat([prefix, prompts, rest], dim=1)
+
+    def adapt_output(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The block's output, without the prompt tokens when it is the last block."""
+        if not self.removes:
+            return out
+        return torch.cat([out[:, : self.num_prefix], out[:, self.num_prefix + self.num_prompts :]], dim=1)
 
 
 def initial_prompts(model: nn.Module, count: int) -> torch.Tensor:

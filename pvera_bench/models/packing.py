@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -38,31 +39,60 @@ def site_names(model: nn.Module) -> list[str]:
     return names
 
 
+def runs_base_once(members: list[nn.Module]) -> bool:
+    """Whether a site can run its members' frozen base layer once on the whole batch: each member is an adapted
+    layer in the split form (it keeps :meth:`AdaptedLayer.forward`) around a base layer that trains nothing."""
+    return all(
+        isinstance(member, AdaptedLayer)
+        and type(member).forward is AdaptedLayer.forward
+        and not any(p.requires_grad for p in member.base_layer.parameters())
+        for member in members
+    )
+
+
 class PackedSite(nn.Module):
-    """One site of several models: ``members[i]`` computes chunk i of the batch, with stream i when drawing."""
+    """One site of several models: ``members[i]`` computes chunk i of the batch, with stream i when drawing.
+
+    Where the members are adapted layers in the split form (:func:`runs_base_once`), the first member's frozen
+    ``base_layer`` runs once on every member's adapted input, and each member adapts its own chunk of the output.
+    """
 
     def __init__(self, members: list[nn.Module], streams: RandomStreams | None) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
         self.streams = streams
+        self.base_once = runs_base_once(members)
+
+    def each(self, call: Callable[..., torch.Tensor], *chunks: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        """``call(member i, chunks[0][i], ...)`` for every member, drawing from stream i."""
+        outputs = []
+        for index, (member, *args) in enumerate(zip(self.members, *chunks, strict=True)):
+            with self.streams.drawing(index) if self.streams is not None else contextlib.nullcontext():
+                outputs.append(call(member, *args))
+        return outputs
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        outputs = []
-        for index, (member, chunk) in enumerate(zip(self.members, x.chunk(len(self.members)), strict=True)):
-            with self.streams.drawing(index) if self.streams is not None else contextlib.nullcontext():
-                outputs.append(member(chunk, *args, **kwargs))
-        return torch.cat(outputs)
+        chunks = x.chunk(len(self.members))
+        if not self.base_once:
+            return torch.cat(self.each(lambda member, chunk: member(chunk, *args, **kwargs), chunks))
+        inputs = self.each(lambda member, chunk: member.adapt_input(chunk), chunks)
+        same = all(read is chunk for read, chunk in zip(inputs, chunks, strict=True))
+        out = self.members[0].base_layer(x if same else torch.cat(inputs), *args, **kwargs)
+        outputs = out.chunk(len(self.members))
+        return torch.cat(self.each(lambda member, chunk, output: member.adapt_output(chunk, output), chunks, outputs))
 
 
 def pack_models(models: list[nn.Module], streams: RandomStreams | None = None) -> nn.Module:
     """The trunk that runs ``models`` (one backbone, each its own adapter and head) as one on stacked batches.
 
-    Raises ValueError when the models do not have the same sites.
+    Raises ValueError when the models do not have the same sites or the same frozen tensors.
     """
     names = site_names(models[0])
     for model in models[1:]:
         if site_names(model) != names:
             raise ValueError(f"cannot pack models whose adapted modules differ: {names} != {site_names(model)}")
+        if not same_trunk_tensors(models[0], model):
+            raise ValueError("cannot pack models whose frozen tensors differ: the trunk computes them with the first's")
     if names == [""]:
         return PackedSite(models, streams)
     first = models[0]
@@ -80,37 +110,99 @@ def pack_models(models: list[nn.Module], streams: RandomStreams | None = None) -
     return trunk
 
 
+def trunk_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The tensors of ``model`` that a trunk uses for every packed model (it takes them from the first): those
+    outside the sites, and those of the base layers that sites run once (:func:`runs_base_once`)."""
+    sites = site_names(model)
+    if sites == [""]:
+        return []
+    shared = [f"{name}.base_layer." for name in sites if runs_base_once([model.get_submodule(name)])]
+    owned = [f"{name}." for name in sites]
+    return [
+        (name, tensor)
+        for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers())
+        if name.startswith(tuple(shared)) or not name.startswith(tuple(owned))
+    ]
+
+
+def same_trunk_tensors(first: nn.Module, other: nn.Module) -> bool:
+    """Whether two models hold the same tensors (names, shapes, values) where a trunk computes both with the
+    first's, so that packing them is exact."""
+    ours, theirs = trunk_tensors(first), trunk_tensors(other)
+    return len(ours) == len(theirs) and all(
+        a == b and x.shape == y.shape and torch.equal(x, y) for (a, x), (b, y) in zip(ours, theirs, strict=True)
+    )
+
+
+def same_rng_state(first: dict, other: dict) -> bool:
+    return torch.equal(first["torch"], other["torch"]) and all(
+        torch.equal(a, b) for a, b in zip(first["cuda"], other["cuda"], strict=True)
+    )
+
+
+class DrawLog:
+    """Which parts of a forward drew random numbers: the adapters' own computations, or the frozen layers."""
+
+    def __init__(self) -> None:
+        self.parts = ["frozen"]  # the part running now, innermost last
+        self.last = torch_rng_state()
+        self.drew: set[str] = set()
+
+    def note(self) -> None:
+        """Credit any draw since the last note to the part that was running."""
+        now = torch_rng_state()
+        if not same_rng_state(now, self.last):
+            self.drew.add(self.parts[-1])
+        self.last = now
+
+    def enter(self, part: str) -> None:
+        self.note()
+        self.parts.append(part)
+
+    def leave(self) -> None:
+        self.note()
+        self.parts.pop()
+
+
 class Probe(NamedTuple):
-    """What one training-mode forward shows of a model: each site's output shape (batch size left out), and
-    whether it drew random numbers (a sampled latent, dropout, drop path)."""
+    """What one training-mode forward shows of a model: each site's output shape (batch size left out), whether
+    its adapters drew random numbers (a sampled latent, dropout, drop path), and whether its frozen layers did
+    (stochastic depth in the backbone), which a pack could not give each model as it draws alone."""
 
     shapes: list[tuple[str, tuple[int, ...]]]
     drew: bool
+    frozen_drew: bool
 
 
 @torch.no_grad()
 def probe(model: nn.Module, example: torch.Tensor) -> Probe:
     """One training-mode forward of ``example``. Models pack together only when their site shapes agree (VPT's
-    prompt length changes the token count); a pack whose models draw gives each its own stream."""
+    prompt length changes the token count) and their frozen layers draw nothing; a pack whose adapters draw gives
+    each model its own stream. A base layer that a pack runs once (:func:`runs_base_once`) counts as frozen."""
     shapes: list[tuple[str, tuple[int, ...]]] = []
-    hooks = [
-        model.get_submodule(name).register_forward_hook(
-            lambda _, __, out, name=name: shapes.append((name, tuple(out.shape[1:])))
-        )
-        for name in site_names(model)
-    ]
+    log = DrawLog()
+
+    def site_done(name: str, out: torch.Tensor) -> None:
+        log.leave()
+        shapes.append((name, tuple(out.shape[1:])))
+
+    hooks = []
+    for name in site_names(model):
+        site = model.get_submodule(name)
+        hooks.append(site.register_forward_pre_hook(lambda *_: log.enter("adapter")))
+        hooks.append(site.register_forward_hook(lambda _, __, out, name=name: site_done(name, out)))
+        if runs_base_once([site]):
+            hooks.append(site.base_layer.register_forward_pre_hook(lambda *_: log.enter("frozen")))
+            hooks.append(site.base_layer.register_forward_hook(lambda *_: log.leave()))
     was_training = model.training
     model.train()
     try:
         with torch.random.fork_rng():
-            before = torch_rng_state()
+            log.last = torch_rng_state()
             model.forward(example)  # not ``model(...)``: a compiled model would compile this one-image graph
-            after = torch_rng_state()
+            log.note()
     finally:
         model.train(was_training)
         for hook in hooks:
             hook.remove()
-    drew = not torch.equal(before["torch"], after["torch"]) or any(
-        not torch.equal(b, a) for b, a in zip(before["cuda"], after["cuda"], strict=True)
-    )
-    return Probe(shapes, drew)
+    return Probe(shapes, "adapter" in log.drew, "frozen" in log.drew)

@@ -18,7 +18,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from pvera_bench.models.packing import Probe, pack_models, probe
+from pvera_bench.models.packing import Probe, pack_models, probe, same_trunk_tensors
 from pvera_bench.models.runtime import RandomStreams, restore_rng, torch_rng_state
 from pvera_bench.training.loop import EpochLoop, elapsed_since, never, train_epoch
 
@@ -73,26 +73,40 @@ def probe_loops(loops: list[EpochLoop]) -> list[Probe]:
     return [probe(loop.model, example(loop)) for loop in loops]
 
 
-def pack_groups(probes: list[Probe], cfgs: list) -> list[list[int]]:
-    """The grid points, in order, cut into runs that can train packed: consecutive points with equal trainer and
-    protocol settings and equal site output shapes."""
+def pack_groups(probes: list[Probe], loops: list[EpochLoop], cfgs: list) -> list[list[int]]:
+    """The grid points, in order, cut into runs that can train packed: consecutive points with equal trainer,
+    protocol and backbone settings, equal site output shapes and equal frozen tensors. A point whose frozen
+    layers draw random numbers trains alone."""
     keys = [
-        (OmegaConf.to_yaml(cfg.trainer), OmegaConf.to_yaml(cfg.protocol), found.shapes)
+        (OmegaConf.to_yaml(cfg.trainer), OmegaConf.to_yaml(cfg.protocol), OmegaConf.to_yaml(cfg.backbone), found.shapes)
         for found, cfg in zip(probes, cfgs, strict=True)
     ]
     groups: list[list[int]] = []
-    for index, key in enumerate(keys):
-        if groups and keys[groups[-1][0]] == key:
+    for index, (key, found) in enumerate(zip(keys, probes, strict=True)):
+        first = groups[-1][0] if groups else None
+        if (
+            first is not None
+            and not found.frozen_drew
+            and not probes[first].frozen_drew
+            and keys[first] == key
+            and same_trunk_tensors(loops[first].model, loops[index].model)
+        ):
             groups[-1].append(index)
         else:
             groups.append([index])
     return groups
 
 
-def log_groups(groups: list[list[int]], offset: int) -> None:
+def log_groups(groups: list[list[int]], probes: list[Probe], offset: int) -> None:
     for group in groups:
         named = ", ".join(str(offset + i + 1) for i in group)
         if len(group) > 1:
             log.info("grid points %s train packed: one forward through the frozen backbone per step", named)
+        elif probes[group[0]].frozen_drew:
+            log.info("grid point %s trains alone: its frozen layers draw random numbers (stochastic depth?)", named)
         else:
-            log.info("grid point %s trains alone: its settings or activation shapes differ from its neighbours'", named)
+            log.info(
+                "grid point %s trains alone: its settings, frozen weights or activation shapes differ from its "
+                "neighbours'",
+                named,
+            )

@@ -160,8 +160,8 @@ def search_packed(cfg: DictConfig, points: list[dict[str, Any]], fitter: StageFi
     saved = state.fit["members"] if state.stage == f"pack{first}" else []
     cfgs, loops = point_loops(cfg, points[first:], fitter, saved)
     probes = probe_loops(loops)
-    groups = pack_groups(probes, cfgs)
-    log_groups(groups, first)
+    groups = pack_groups(probes, loops, cfgs)
+    log_groups(groups, probes, first)
     for group in groups:
         pack = Pack([loops[i] for i in group], draws=any(probes[i].drew for i in group))
         stage = f"pack{first + group[0]}"
@@ -199,7 +199,7 @@ def search_jointly(cfg: DictConfig, points: list[dict[str, Any]], fitter: StageF
     saved = state.fit if state.stage == "grid" else {"members": [], "choice": None}
     cfgs, loops = point_loops(cfg, points, fitter, saved["members"])
     probes = probe_loops(loops) if trainer.pack else []
-    packed = trainer.pack and len(pack_groups(probes, cfgs)) == 1
+    packed = trainer.pack and len(pack_groups(probes, loops, cfgs)) == 1
     pack = Pack(loops, packed, draws=any(p.drew for p in probes))
     log.info("joint early stopping: the %d grid points train %s", len(points), "packed" if packed else "in turn")
     choice = saved["choice"]  # {"index", "loss", "epoch", "val", "weights"} of the last saved best

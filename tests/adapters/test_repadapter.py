@@ -119,12 +119,12 @@ def test_the_dropout_is_on_the_hidden_channels_as_official():
     perturb(model)
     layer, x = model.blocks[0].mlp.fc1.train(), tokens()
     torch.manual_seed(5)
-    ours = layer.adapt(x)
+    ours = layer.adapt_input(x)
     torch.manual_seed(5)
     # the same i.i.d. mask as ours, drawn in our token-major order (the official tensor is channels-first)
     drop = lambda z: F.dropout(z.transpose(1, 2).contiguous(), 0.5, training=True).transpose(1, 2)  # noqa: E731
     torch.testing.assert_close(ours, official_adapter(x, official_weights(layer), 1.0, 2, drop), rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(layer.eval().adapt(x), ours)  # it did drop
+    assert not torch.allclose(layer.eval().adapt_input(x), ours)  # it did drop
 
 
 def test_merged_weights_are_the_official_reparameterisation_and_predict_the_same():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import tiny_vit
+from helpers import perturb, tiny_vit
 from omegaconf import OmegaConf
 
 from pvera_bench.adapters import ADAPTERS, apply_adapter
@@ -104,11 +104,17 @@ def test_pvera_draws_its_training_noise_from_its_own_stream_in_the_pack():
     assert pack.draws and all(site.streams is pack.streams for site in trunk.modules() if isinstance(site, PackedSite))
 
 
-def test_the_trunk_shares_the_frozen_tensors_and_runs_each_model_on_its_chunk():
+def packable_models(adapter: str, points: list[dict], **backbone) -> list[torch.nn.Module]:
+    """One model per point in eval mode, each on the same frozen backbone (``tiny_vit`` seeds itself)."""
     models = []
-    for r in (2, 4):
+    for point in points:
         torch.manual_seed(0)
-        models.append(apply_adapter(tiny_vit(), "lora", r=r))
+        models.append(apply_adapter(tiny_vit(**backbone), adapter, **point).eval())
+    return models
+
+
+def test_the_trunk_shares_the_frozen_tensors_and_runs_each_model_on_its_chunk():
+    models = packable_models("lora", [{"r": 2}, {"r": 4}])
     trunk = pack_models(models)
     assert {id(p) for p in trunk.parameters()} <= {id(p) for m in models for p in m.parameters()}  # no copies
     assert trunk.patch_embed.proj.weight is models[0].patch_embed.proj.weight
@@ -119,12 +125,71 @@ def test_the_trunk_shares_the_frozen_tensors_and_runs_each_model_on_its_chunk():
         torch.testing.assert_close(trunk(x), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("adapter", "wrapped"),
+    [
+        ("lora", "blocks.0.attn.qkv"),  # adapts the output
+        ("repadapter", "blocks.0.attn.qkv"),  # adapts the input
+        ("adaptformer", "blocks.0.mlp"),  # the whole frozen MLP inside the site
+        ("adapter_plus", "blocks.0"),  # the whole frozen block inside the site
+        ("vpt_deep", "blocks.1"),  # prompts written into the input, dropped from the last block's output
+    ],
+)
+def test_a_site_runs_the_frozen_layer_it_wraps_once_on_the_whole_batch(adapter, wrapped):
+    models = packable_models(adapter, [{}, {}, {}])
+    for model in models:
+        perturb(model)
+    calls: list[list[int]] = [[] for _ in models]
+    for model, seen in zip(models, calls, strict=True):
+        model.get_submodule(wrapped).base_layer.register_forward_hook(
+            lambda _, args, __, seen=seen: seen.append(len(args[0]))
+        )
+    trunk = pack_models(models)
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        got = trunk(x)
+        assert calls == [[6], [], []]  # the first model's frozen layer, once, on all three chunks
+        expected = torch.cat([model(chunk) for model, chunk in zip(models, x.chunk(3), strict=True)])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_layer_with_its_own_forward_runs_whole_for_each_model():
+    trunk = pack_models(packable_models("dora", [{"r": 2}, {"r": 4}]))  # DoRA rescales the frozen W x itself
+    sites = [m for m in trunk.modules() if isinstance(m, PackedSite)]
+    assert [site.base_once for site in sites] == [False, False, False]  # two qkv Linears and the head
+
+
+def test_frozen_layers_that_draw_keep_each_point_alone():
+    """Stochastic depth in the frozen backbone draws for the whole batch: a pack could not draw what each point
+    draws alone, so such points train alone; Adapter+'s own drop path draws from each point's stream."""
+    own = packable_models("adapter_plus", [{}, {}])
+    frozen = packable_models("adapter_plus", [{}, {}], drop_path_rate=0.1)
+    loops = [EpochLoop(m, TRAIN, VAL, RUNTIME, TrainerConfig(), NO_STOP, Objective(), 0) for m in own + frozen]
+    probes = probe_loops(loops)
+    assert [(p.drew, p.frozen_drew) for p in probes] == [(True, False)] * 2 + [(True, True)] * 2
+    cfgs = [OmegaConf.create({"trainer": {}, "protocol": {}, "backbone": {}})] * 4
+    assert pack_groups(probes, loops, cfgs) == [[0, 1], [2], [3]]
+
+
+def test_models_whose_frozen_tensors_differ_do_not_pack():
+    models = packable_models("lora", [{}, {}, {}])
+    with torch.no_grad():
+        models[2].blocks[1].mlp.fc2.weight.add_(1e-3)  # e.g. a random-init backbone of another seed
+    loops = [EpochLoop(m, TRAIN, VAL, RUNTIME, TrainerConfig(), NO_STOP, Objective(), 0) for m in models]
+    cfgs = [OmegaConf.create({"trainer": {}, "protocol": {}, "backbone": {}})] * 3
+    assert pack_groups(probe_loops(loops), loops, cfgs) == [[0, 1], [2]]
+    with pytest.raises(ValueError, match="cannot pack models whose frozen tensors differ"):
+        pack_models(models)
+
+
 def test_points_whose_activation_shapes_differ_train_apart():
     points = [{"prompts": 2}, {"prompts": 2, "lr": 1e-3}, {"prompts": 4}, {"prompts": 4}]
     loops = point_loops("vpt_deep", points, NO_STOP)
-    cfgs = [OmegaConf.create({"trainer": {"epochs": EPOCHS}, "protocol": {}})] * 3
-    cfgs.append(OmegaConf.create({"trainer": {"epochs": 1}, "protocol": {}}))  # another schedule: not packed
-    assert pack_groups(probe_loops(loops), cfgs) == [[0, 1], [2], [3]]
+    cfgs = [OmegaConf.create({"trainer": {"epochs": EPOCHS}, "protocol": {}, "backbone": {}})] * 3
+    cfgs.append(
+        OmegaConf.create({"trainer": {"epochs": 1}, "protocol": {}, "backbone": {}})
+    )  # another schedule: not packed
+    assert pack_groups(probe_loops(loops), loops, cfgs) == [[0, 1], [2], [3]]
 
 
 def test_models_with_different_sites_refuse_to_pack():

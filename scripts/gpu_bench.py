@@ -26,6 +26,7 @@ import json
 import re
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -178,7 +179,8 @@ def real_run(args: argparse.Namespace, device: torch.device) -> dict:
 def render(report: dict) -> str:
     cells = pd.DataFrame(report["cells"]).drop(columns="time_over_first_pairs", errors="ignore")  # in the JSON
     head = (
-        f"`python scripts/gpu_bench.py` on {report['device']}: {report['backbone']} (random weights) at "
+        f"`{report.get('command', 'python scripts/gpu_bench.py')}` on {report['device']}: {report['backbone']} "
+        "(random weights) at "
         f"{report['img_size']} px, batch {report['batch_size']} per grid point, the median of {report['repeats']} "
         f"epochs of {report['steps']} steps after {report['warmup']} warm-up epochs; "
         f"torch {report['versions'].get('torch')}, commit {report['commit']}.\n\n"
@@ -190,7 +192,8 @@ def render(report: dict) -> str:
             f"\n\nOne epoch of a real run ({' '.join(real['overrides'])}): {real['points']} points packed="
             f"{real['packed']}, {real['train_images_per_s']:.1f} train images/s, {real['wall_s']:.1f} s in all.\n"
         )
-    return head + cells.to_markdown(index=False, floatfmt=".3f") + tail
+    cells = cells.astype(object).where(cells.notna(), None)  # a cell without a value is left blank
+    return head + cells.to_markdown(index=False, floatfmt=".3f", missingval="") + tail
 
 
 def main() -> None:
@@ -225,7 +228,8 @@ def main() -> None:
         "steps": args.steps,
         "repeats": args.repeats,
         "warmup": args.warmup,
-        "commit": git_state()["git_commit"],
+        "command": " ".join(["python scripts/gpu_bench.py", *sys.argv[1:]]),
+        **{key.removeprefix("git_"): value for key, value in git_state().items()},  # commit, dirty
         "versions": package_versions(),
         "cells": throughput_cells(args, device),
         "real_run": real_run(args, device) if args.real_run else None,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+
+import torch
 from torch import nn
 
 from pvera_bench.adapters.layers import AdaptedLayer
@@ -59,10 +62,37 @@ def apply_adapter(model: nn.Module, name: str, **hparams) -> nn.Module:
         raise ValueError(f"model already has adapter {existing.name!r}; apply one adapter per model")
     spec = ADAPTERS[name]
     config = spec.config_cls(**{**hparams, "name": name})
+    before = {id(t) for t in itertools.chain(model.parameters(), model.buffers())}
     spec.inject(model, config)
+    place_new_tensors(model, before)
     mark_trainable(model, spec.prefix)
     set_applied_adapter(model, AppliedAdapter(config))
     return model
+
+
+def place_new_tensors(model: nn.Module, before: set[int]) -> None:
+    """Move the tensors that an injection added (those whose ids are not in ``before``) to the device of the
+    model's first parameter, floating ones to its dtype. Adapters create them on the CPU in the default dtype,
+    so that their random draws are the same whatever the model's device."""
+    reference = next((p for p in model.parameters() if id(p) in before and p.is_floating_point()), None)
+    if reference is None:
+        return
+    placed: dict[int, torch.Tensor] = {}  # by the id of the tensor it replaces: shared tensors stay shared
+    for module in model.modules():
+        own = itertools.chain(module.named_parameters(recurse=False), module.named_buffers(recurse=False))
+        for name, tensor in list(own):
+            if id(tensor) in before:
+                continue
+            if id(tensor) not in placed:
+                moved = tensor.detach().to(reference.device, dtype_like(tensor, reference))
+                is_parameter = isinstance(tensor, nn.Parameter)
+                placed[id(tensor)] = nn.Parameter(moved, tensor.requires_grad) if is_parameter else moved
+            setattr(module, name, placed[id(tensor)])
+
+
+def dtype_like(tensor: torch.Tensor, reference: torch.Tensor) -> torch.dtype:
+    """The reference's dtype for a floating tensor; an integer or boolean tensor keeps its own."""
+    return reference.dtype if tensor.is_floating_point() else tensor.dtype
 
 
 def adapter_spec(model: nn.Module) -> AdapterSpec | None:

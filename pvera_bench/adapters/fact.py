@@ -77,8 +77,8 @@ class FactConfig(TargetedConfig):
         check_dropout(self.dropout)
 
 
-def uniform(shape: tuple[int, ...], bound: float, device: torch.device) -> torch.Tensor:
-    return torch.empty(shape, device=device).uniform_(-bound, bound)
+def uniform(shape: tuple[int, ...], bound: float) -> torch.Tensor:
+    return torch.empty(shape).uniform_(-bound, bound)
 
 
 class SharedFactors(nn.Module):
@@ -88,13 +88,13 @@ class SharedFactors(nn.Module):
     ``n_weights`` is the number of d × d weights they serve (12L), which sets P's initial bound.
     """
 
-    def __init__(self, dim: int, rank: int, n_weights: int, tucker: bool, device: torch.device) -> None:
+    def __init__(self, dim: int, rank: int, n_weights: int, tucker: bool) -> None:
         super().__init__()
         self.n_weights = n_weights
-        self.fact_u = nn.Parameter(uniform((rank, dim), dim**-0.5, device))
-        self.fact_v = nn.Parameter(torch.zeros(dim, rank, device=device))
+        self.fact_u = nn.Parameter(uniform((rank, dim), dim**-0.5))
+        self.fact_v = nn.Parameter(torch.zeros(dim, rank))
         if tucker:
-            self.fact_core = nn.Parameter(uniform((rank, rank, rank), 3**0.5 / rank, device))
+            self.fact_core = nn.Parameter(uniform((rank, rank, rank), 3**0.5 / rank))
 
 
 class FactLinear(SlicedLinear):
@@ -139,8 +139,7 @@ class FactTTLinear(FactLinear):
     ) -> None:
         super().__init__(base_layer, slices, factors, config)
         bound = (self.rank * self.in_chunks) ** -0.5  # nn.Linear(K r, O r)'s default init, as the official cores
-        device = base_layer.weight.device
-        self.fact_sigma = nn.Parameter(uniform((self.n_blocks, self.rank, self.rank), bound, device))
+        self.fact_sigma = nn.Parameter(uniform((self.n_blocks, self.rank, self.rank), bound))
 
     def cores(self) -> torch.Tensor:
         return self.fact_sigma.view(len(self.slices), self.out_chunks, self.in_chunks, self.rank, self.rank)
@@ -155,7 +154,7 @@ class FactTKLinear(FactLinear):
         super().__init__(base_layer, slices, factors, config)
         self.official = config.convention == Convention.official
         bound = (6 / (factors.n_weights + self.rank)) ** 0.5  # Xavier on the official P, (r, 12L)
-        self.fact_p = nn.Parameter(uniform((self.n_blocks, self.rank), bound, base_layer.weight.device))
+        self.fact_p = nn.Parameter(uniform((self.n_blocks, self.rank), bound))
 
     def cores(self) -> torch.Tensor:
         n, per_weight, r = len(self.slices), self.out_chunks * self.in_chunks, self.rank
@@ -185,7 +184,7 @@ def inject_fact(model: nn.Module, config: FactConfig, layer_cls: type[FactLinear
     dim = model.embed_dim
     n_weights = sum(weight_blocks(t, dim) for t in targets)
     tucker = layer_cls is FactTKLinear
-    factors = SharedFactors(dim, config.rank, n_weights, tucker, targets[0].layer.weight.device)
+    factors = SharedFactors(dim, config.rank, n_weights, tucker)
     for t in targets:
         setattr(t.parent, t.attr, layer_cls(t.layer, t.slices, factors, config))
 

@@ -162,7 +162,7 @@ def inject_projection_adapter(model: nn.Module, config: VeraConfig, layer_cls: t
         r=config.r,
         pairs=pairs,
         config=config,
-    ).to(device=targets[0].layer.weight.device)
+    )
     for t in targets:
         setattr(t.parent, t.attr, layer_cls(t.layer, t.slices, projections, config))
 

@@ -118,11 +118,10 @@ class PromptedBlock(AdaptedLayer):
 
 
 def initial_prompts(model: nn.Module, count: int) -> torch.Tensor:
-    """``(count, dim)`` prompts, uniform in the official Xavier bound, on the model's device and in its dtype."""
+    """``(count, dim)`` prompts, uniform in the official Xavier bound."""
     patch_h, patch_w = model.patch_embed.patch_size
     bound = math.sqrt(6.0 / (3 * patch_h * patch_w + model.embed_dim))
-    prompts = torch.empty(count, model.embed_dim).uniform_(-bound, bound)  # on the CPU: the same draws on any device
-    return prompts.to(model.patch_embed.proj.weight)
+    return torch.empty(count, model.embed_dim).uniform_(-bound, bound)
 
 
 def inject(model: nn.Module, config: VptConfig, deep: bool) -> None:

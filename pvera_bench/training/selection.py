@@ -163,7 +163,7 @@ def search_packed(cfg: DictConfig, points: list[dict[str, Any]], fitter: StageFi
     groups = pack_groups(probes, loops, cfgs)
     log_groups(groups, probes, first)
     for group in groups:
-        pack = Pack([loops[i] for i in group], draws=any(probes[i].drew for i in group))
+        pack = Pack([loops[i] for i in group], len(group) > 1, draws=any(probes[i].drew for i in group))
         stage = f"pack{first + group[0]}"
         done = max(loop.loop.epoch for loop in pack.loops)
         bar = progress_bar(cfg.trainer.epochs, done, fitter.inputs.runtime.progress)

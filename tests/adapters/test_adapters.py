@@ -65,6 +65,27 @@ def test_output_shape_and_only_adapter_and_head_get_gradients(name, images):
     }
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_the_adapter_lives_where_the_model_lives(name, images):
+    """Applied to a bf16 model, every tensor the adapter adds is bf16, the model trains in bf16 without autocast,
+    and it draws what the fp32 model draws; on the meta device (as on a GPU) nothing stays on the CPU."""
+    torch.manual_seed(0)
+    reference = apply_adapter(tiny_vit(), name)
+    torch.manual_seed(0)
+    model = apply_adapter(tiny_vit().to(torch.bfloat16), name).train()
+    floating = [t for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()]
+    assert {t.dtype for t in floating} == {torch.bfloat16}
+    for (key, ours), theirs in zip(model.state_dict().items(), reference.state_dict().values(), strict=True):
+        if ours.is_floating_point():
+            torch.testing.assert_close(ours, theirs.to(torch.bfloat16), msg=key)  # DoRA: norms taken in bf16
+    logits = model(images.to(torch.bfloat16))
+    assert logits.dtype == torch.bfloat16
+    logits.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.bfloat16 for p in model.parameters() if p.requires_grad)
+    on_meta = apply_adapter(tiny_vit().to("meta"), name)
+    assert {t.device.type for t in [*on_meta.parameters(), *on_meta.buffers()]} == {"meta"}
+
+
 def test_identity_at_init_lists_are_the_documented_ones():
     assert ADAPTERS["adaptformer"].identity_at_init == (Convention.peft,)
     assert ADAPTERS["bottleneck"].identity_at_init == ()

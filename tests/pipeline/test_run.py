@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,18 @@ def test_a_packed_grid_run_gives_the_numbers_of_the_same_run_unpacked(demo_confi
         assert (one["best_epoch"], one.get("selected")) == (other["best_epoch"], other.get("selected"))
     torch.testing.assert_close(stored[True], stored[False], rtol=1e-5, atol=1e-7)
     assert packed["test_top1"] == alone["test_top1"]
+
+
+def test_a_grid_whose_frozen_backbone_draws_trains_each_point_alone(demo_config, tmp_path, caplog):
+    """Stochastic depth in the frozen blocks: one draw for a packed batch is not each point's own, so trainer.pack
+    leaves such points alone and the run computes what trainer.pack=false computes."""
+    overrides = ("adapter=lora", "grid=pvera", "trainer.epochs=2", "+backbone.model_kwargs.drop_path_rate=0.2")
+    records = {}
+    for packed in (True, False):
+        cfg = demo_config(*overrides, f"trainer.pack={packed}", f"paths.results={tmp_path / str(packed)}")
+        with caplog.at_level(logging.INFO, logger="pvera_bench.training.packed"):
+            records[packed] = run(cfg)
+    assert "grid point 1 trains alone: its frozen layers draw random numbers" in caplog.text
+    assert not records[True]["packed"]
+    for one, other in zip(records[True]["grid"], records[False]["grid"], strict=True):
+        assert one["val_curve"] == other["val_curve"]

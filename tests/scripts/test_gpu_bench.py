@@ -17,6 +17,8 @@ def test_gpu_bench_runs_on_cpu_and_reproduce_reads_its_throughput(tmp_path, data
     [report_file] = (tmp_path / "results/bench").glob("gpu-*.json")
     report = json.loads(report_file.read_text())
     assert report_file.name == "gpu-cpu.json" and report["device"] == "cpu"
+    assert report["command"] == " ".join(["python scripts/gpu_bench.py", *args, "--budget-s", "0"])
+    assert set(report) >= {"commit", "dirty", "versions"}
     cells = {(c["mode"], c["compile"]): c for c in report["cells"]}
     assert set(cells) == {(mode, compiled) for mode in ("alone", "in_turn", "packed") for compiled in (False, True)}
     assert [cells[mode, False]["points"] for mode in ("alone", "in_turn", "packed")] == [1, 3, 3]  # grid=pvera: r
@@ -28,7 +30,8 @@ def test_gpu_bench_runs_on_cpu_and_reproduce_reads_its_throughput(tmp_path, data
     assert cells["packed", False]["model_tflops_per_s"] > 0
     real = report["real_run"]
     assert real["points"] == 3 and real["packed"] and real["train_images_per_s"] > 0
-    assert "| lora " in (tmp_path / "results/bench/gpu-cpu.md").read_text()
+    markdown = (tmp_path / "results/bench/gpu-cpu.md").read_text()
+    assert markdown.startswith(f"`{report['command']}` on cpu") and "| lora " in markdown and "nan" not in markdown
     projected = run_bench("reproduce", "--adapters", "lora", "--bench", str(report_file))
     assert projected.returncode == 0, projected.stderr
     line = f"  measured training throughput {real['train_images_per_s']:.1f} images/s on cpu (one epoch of a packed run"

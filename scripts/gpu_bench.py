@@ -25,6 +25,7 @@ import argparse
 import json
 import re
 import resource
+import shlex
 import statistics
 import sys
 import tempfile
@@ -183,7 +184,8 @@ def render(report: dict) -> str:
         "(random weights) at "
         f"{report['img_size']} px, batch {report['batch_size']} per grid point, the median of {report['repeats']} "
         f"epochs of {report['steps']} steps after {report['warmup']} warm-up epochs; "
-        f"torch {report['versions'].get('torch')}, commit {report['commit']}.\n\n"
+        f"torch {report['versions'].get('torch')}, commit {report['commit']}"
+        f"{' with uncommitted changes' if report.get('dirty') else ''}.\n\n"
     )
     real = report["real_run"]
     tail = "\n"
@@ -228,7 +230,7 @@ def main() -> None:
         "steps": args.steps,
         "repeats": args.repeats,
         "warmup": args.warmup,
-        "command": " ".join(["python scripts/gpu_bench.py", *sys.argv[1:]]),
+        "command": shlex.join(["python", "scripts/gpu_bench.py", *sys.argv[1:]]),
         **{key.removeprefix("git_"): value for key, value in git_state().items()},  # commit, dirty
         "versions": package_versions(),
         "cells": throughput_cells(args, device),

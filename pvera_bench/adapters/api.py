@@ -62,7 +62,7 @@ def apply_adapter(model: nn.Module, name: str, **hparams) -> nn.Module:
         raise ValueError(f"model already has adapter {existing.name!r}; apply one adapter per model")
     spec = ADAPTERS[name]
     config = spec.config_cls(**{**hparams, "name": name})
-    before = {id(t) for t in itertools.chain(model.parameters(), model.buffers())}
+    before = [*model.parameters(), *model.buffers()]  # held, so that no new tensor can take an old one's id
     spec.inject(model, config)
     place_new_tensors(model, before)
     mark_trainable(model, spec.prefix)
@@ -70,18 +70,19 @@ def apply_adapter(model: nn.Module, name: str, **hparams) -> nn.Module:
     return model
 
 
-def place_new_tensors(model: nn.Module, before: set[int]) -> None:
-    """Move the tensors that an injection added (those whose ids are not in ``before``) to the device of the
-    model's first parameter, floating ones to its dtype. Adapters create them on the CPU in the default dtype,
-    so that their random draws are the same whatever the model's device."""
-    reference = next((p for p in model.parameters() if id(p) in before and p.is_floating_point()), None)
+def place_new_tensors(model: nn.Module, before: list[torch.Tensor]) -> None:
+    """Move the tensors that an injection added (those not in ``before``) to the device of the model's first
+    parameter, floating ones to its dtype. Adapters create them on the CPU in the default dtype, so that their
+    random draws are the same whatever the model's device."""
+    old = {id(t) for t in before}
+    reference = next((p for p in before if isinstance(p, nn.Parameter) and p.is_floating_point()), None)
     if reference is None:
         return
     placed: dict[int, torch.Tensor] = {}  # by the id of the tensor it replaces: shared tensors stay shared
     for module in model.modules():
         own = itertools.chain(module.named_parameters(recurse=False), module.named_buffers(recurse=False))
         for name, tensor in list(own):
-            if id(tensor) in before:
+            if id(tensor) in old:
                 continue
             if id(tensor) not in placed:
                 moved = tensor.detach().to(reference.device, dtype_like(tensor, reference))

@@ -39,15 +39,29 @@ def site_names(model: nn.Module) -> list[str]:
     return names
 
 
-def runs_base_once(members: list[nn.Module]) -> bool:
-    """Whether a site can run its members' frozen base layer once on the whole batch: each member is an adapted
-    layer in the split form (it keeps :meth:`AdaptedLayer.forward`) around a base layer that trains nothing."""
-    return all(
+def splits_at_base(member: nn.Module) -> bool:
+    """Whether a site is an adapted layer in the split form (it keeps :meth:`AdaptedLayer.forward`) around a base
+    layer that trains nothing."""
+    return (
         isinstance(member, AdaptedLayer)
         and type(member).forward is AdaptedLayer.forward
         and not any(p.requires_grad for p in member.base_layer.parameters())
+    )
+
+
+def runs_base_once(members: list[nn.Module]) -> bool:
+    """Whether a site runs its members' frozen base layer once on the whole batch: each splits there
+    (:func:`splits_at_base`) and no forward hook watches it (a pack calls its ``adapt_input`` and
+    ``adapt_output``, not its ``forward``)."""
+    return all(
+        splits_at_base(member) and not any(m._forward_hooks or m._forward_pre_hooks for m in member.modules())
         for member in members
     )
+
+
+def overrides(member: nn.Module, method: str) -> bool:
+    """Whether an adapted layer's class defines its own ``adapt_input`` or ``adapt_output``."""
+    return getattr(type(member), method) is not getattr(AdaptedLayer, method)
 
 
 class PackedSite(nn.Module):
@@ -62,6 +76,8 @@ class PackedSite(nn.Module):
         self.members = nn.ModuleList(members)
         self.streams = streams
         self.base_once = runs_base_once(members)
+        self.adapts_input = self.base_once and any(overrides(m, "adapt_input") for m in members)
+        self.adapts_output = self.base_once and any(overrides(m, "adapt_output") for m in members)
 
     def each(self, call: Callable[..., torch.Tensor], *chunks: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
         """``call(member i, chunks[0][i], ...)`` for every member, drawing from stream i."""
@@ -75,9 +91,12 @@ class PackedSite(nn.Module):
         chunks = x.chunk(len(self.members))
         if not self.base_once:
             return torch.cat(self.each(lambda member, chunk: member(chunk, *args, **kwargs), chunks))
-        inputs = self.each(lambda member, chunk: member.adapt_input(chunk), chunks)
-        same = all(read is chunk for read, chunk in zip(inputs, chunks, strict=True))
-        out = self.members[0].base_layer(x if same else torch.cat(inputs), *args, **kwargs)
+        if self.adapts_input:
+            inputs = self.each(lambda member, chunk: member.adapt_input(chunk), chunks)
+            x = x if all(read is chunk for read, chunk in zip(inputs, chunks, strict=True)) else torch.cat(inputs)
+        out = self.members[0].base_layer(x, *args, **kwargs)
+        if not self.adapts_output:
+            return out
         outputs = out.chunk(len(self.members))
         return torch.cat(self.each(lambda member, chunk, output: member.adapt_output(chunk, output), chunks, outputs))
 
@@ -112,11 +131,11 @@ def pack_models(models: list[nn.Module], streams: RandomStreams | None = None) -
 
 def trunk_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """The tensors of ``model`` that a trunk uses for every packed model (it takes them from the first): those
-    outside the sites, and those of the base layers that sites run once (:func:`runs_base_once`)."""
+    outside the sites, and those of the base layers that sites may run once (:func:`splits_at_base`)."""
     sites = site_names(model)
     if sites == [""]:
         return []
-    shared = [f"{name}.base_layer." for name in sites if runs_base_once([model.get_submodule(name)])]
+    shared = [f"{name}.base_layer." for name in sites if splits_at_base(model.get_submodule(name))]
     owned = [f"{name}." for name in sites]
     return [
         (name, tensor)
@@ -143,8 +162,8 @@ def same_rng_state(first: dict, other: dict) -> bool:
 class DrawLog:
     """Which parts of a forward drew random numbers: the adapters' own computations, or the frozen layers."""
 
-    def __init__(self) -> None:
-        self.parts = ["frozen"]  # the part running now, innermost last
+    def __init__(self, outermost: str) -> None:
+        self.parts = [outermost]  # the part running now, innermost last
         self.last = torch_rng_state()
         self.drew: set[str] = set()
 
@@ -165,9 +184,10 @@ class DrawLog:
 
 
 class Probe(NamedTuple):
-    """What one training-mode forward shows of a model: each site's output shape (batch size left out), whether
-    its adapters drew random numbers (a sampled latent, dropout, drop path), and whether its frozen layers did
-    (stochastic depth in the backbone), which a pack could not give each model as it draws alone."""
+    """What one training-mode forward shows of a model: each site's output shape and, where a pack would run the
+    base layer once, the shape of what it reads (batch size left out); whether its adapters drew random numbers
+    (a sampled latent, dropout, drop path), and whether its frozen layers did (stochastic depth in the backbone),
+    which a pack could not give each model as it draws alone."""
 
     shapes: list[tuple[str, tuple[int, ...]]]
     drew: bool
@@ -180,27 +200,36 @@ def probe(model: nn.Module, example: torch.Tensor) -> Probe:
     prompt length changes the token count) and their frozen layers draw nothing; a pack whose adapters draw gives
     each model its own stream. A base layer that a pack runs once (:func:`runs_base_once`) counts as frozen."""
     shapes: list[tuple[str, tuple[int, ...]]] = []
-    log = DrawLog()
+    names = site_names(model)
+    log = DrawLog("adapter" if names == [""] else "frozen")  # the whole model is one site: it all trains
 
-    def site_done(name: str, out: torch.Tensor) -> None:
+    def entered(part: str, name: str, args: tuple) -> None:
+        log.enter(part)
+        if part == "frozen":  # a base layer that a pack runs once on the stacked inputs: they must stack
+            shapes.append((f"{name} input", tuple(args[0].shape[1:])))
+
+    def left(name: str, out: torch.Tensor) -> None:
         log.leave()
         shapes.append((name, tuple(out.shape[1:])))
 
     hooks = []
-    for name in site_names(model):
+    for name in names if names != [""] else []:
         site = model.get_submodule(name)
-        hooks.append(site.register_forward_pre_hook(lambda *_: log.enter("adapter")))
-        hooks.append(site.register_forward_hook(lambda _, __, out, name=name: site_done(name, out)))
+        watched = [(site, "adapter", name)]
         if runs_base_once([site]):
-            hooks.append(site.base_layer.register_forward_pre_hook(lambda *_: log.enter("frozen")))
-            hooks.append(site.base_layer.register_forward_hook(lambda *_: log.leave()))
+            watched.append((site.base_layer, "frozen", f"{name}.base_layer"))
+        for layer, part, label in watched:
+            hooks.append(layer.register_forward_pre_hook(lambda _, args, p=part, n=label: entered(p, n, args)))
+            hooks.append(layer.register_forward_hook(lambda _, __, out, n=label: left(n, out)))
     was_training = model.training
     model.train()
     try:
         with torch.random.fork_rng():
             log.last = torch_rng_state()
-            model.forward(example)  # not ``model(...)``: a compiled model would compile this one-image graph
+            out = model.forward(example)  # not ``model(...)``: a compiled model would compile this one-image graph
             log.note()
+        if names == [""]:
+            shapes.append(("", tuple(out.shape[1:])))
     finally:
         model.train(was_training)
         for hook in hooks:

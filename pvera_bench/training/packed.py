@@ -106,7 +106,7 @@ def log_groups(groups: list[list[int]], probes: list[Probe], offset: int) -> Non
             log.info("grid point %s trains alone: its frozen layers draw random numbers (stochastic depth?)", named)
         else:
             log.info(
-                "grid point %s trains alone: its settings, frozen weights or activation shapes differ from its "
-                "neighbours'",
+                "grid point %s trains alone: no neighbour packs with it (their settings, frozen weights or "
+                "activation shapes differ, or their frozen layers draw)",
                 named,
             )

@@ -18,6 +18,7 @@ from pvera_bench.adapters import (
     adapter_loss,
     adapter_parameters,
     apply_adapter,
+    lora,
     mc_dropout,
     merge_adapter,
     sample_latents,
@@ -84,6 +85,21 @@ def test_the_adapter_lives_where_the_model_lives(name, images):
     assert all(p.grad is not None and p.grad.dtype == torch.bfloat16 for p in model.parameters() if p.requires_grad)
     on_meta = apply_adapter(tiny_vit().to("meta"), name)
     assert {t.device.type for t in [*on_meta.parameters(), *on_meta.buffers()]} == {"meta"}
+
+
+def test_tensors_made_after_an_injection_drops_old_ones_are_placed_too(monkeypatch):
+    """An injection may drop a module and create tensors that Python places at the dropped ones' addresses."""
+
+    def replace_the_norm_then_inject(model: nn.Module, config) -> None:
+        model.norm = nn.LayerNorm(DIM)  # drops the bf16 norm's tensors, makes fp32 ones
+        for index in range(20):
+            model.register_parameter(f"extra_{index}", nn.Parameter(torch.zeros(DIM)))
+        lora.inject(model, config)
+
+    monkeypatch.setitem(ADAPTERS, "lora", dataclasses.replace(ADAPTERS["lora"], inject=replace_the_norm_then_inject))
+    for _ in range(10):
+        model = apply_adapter(tiny_vit().to(torch.bfloat16), "lora")
+        assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
 def test_identity_at_init_lists_are_the_documented_ones():

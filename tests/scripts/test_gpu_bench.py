@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 
 from helpers import run_bench, run_script
 
@@ -17,7 +18,7 @@ def test_gpu_bench_runs_on_cpu_and_reproduce_reads_its_throughput(tmp_path, data
     [report_file] = (tmp_path / "results/bench").glob("gpu-*.json")
     report = json.loads(report_file.read_text())
     assert report_file.name == "gpu-cpu.json" and report["device"] == "cpu"
-    assert report["command"] == " ".join(["python scripts/gpu_bench.py", *args, "--budget-s", "0"])
+    assert report["command"] == shlex.join(["python", "scripts/gpu_bench.py", *args, "--budget-s", "0"])
     assert set(report) >= {"commit", "dirty", "versions"}
     cells = {(c["mode"], c["compile"]): c for c in report["cells"]}
     assert set(cells) == {(mode, compiled) for mode in ("alone", "in_turn", "packed") for compiled in (False, True)}

@@ -39,13 +39,13 @@ def split(n: int, seed: int) -> SplitData:
 TRAIN, VAL, TEST = split(48, 0), split(24, 1), split(24, 2)
 
 
-def point_loops(adapter: str, points: list[dict], protocol: ProtocolConfig) -> list[EpochLoop]:
+def point_loops(adapter: str, points: list[dict], protocol: ProtocolConfig, **backbone) -> list[EpochLoop]:
     """One loop per point, each built right after its model from the same seed, as ``search_grid`` builds them."""
     loops = []
     for point in points:
         hparams = {k: v for k, v in point.items() if k != "lr"}
         torch.manual_seed(0)
-        model = apply_adapter(tiny_vit(), adapter, **hparams)
+        model = apply_adapter(tiny_vit(**backbone), adapter, **hparams)
         trainer = TrainerConfig(epochs=EPOCHS, batch_size=16, progress=False)
         objective = Objective(adapter_lr=point.get("lr"), regularization_weight=0.1)
         loops.append(EpochLoop(model, TRAIN, VAL, RUNTIME, trainer, protocol, objective, seed=0))
@@ -59,8 +59,11 @@ def train(loops: list[EpochLoop], packed: bool) -> Pack:
     return pack
 
 
-def assert_same_training(adapter: str, points: list[dict], protocol: ProtocolConfig) -> list[EpochLoop]:
-    packed, alone = point_loops(adapter, points, protocol), point_loops(adapter, points, protocol)
+def assert_same_training(adapter: str, points: list[dict], protocol: ProtocolConfig, **backbone) -> list[EpochLoop]:
+    packed, alone = (
+        point_loops(adapter, points, protocol, **backbone),
+        point_loops(adapter, points, protocol, **backbone),
+    )
     train(packed, packed=True)
     train(alone, packed=False)
     for one, other in zip(packed, alone, strict=True):
@@ -139,18 +142,33 @@ def test_a_site_runs_the_frozen_layer_it_wraps_once_on_the_whole_batch(adapter, 
     models = packable_models(adapter, [{}, {}, {}])
     for model in models:
         perturb(model)
-    calls: list[list[int]] = [[] for _ in models]
-    for model, seen in zip(models, calls, strict=True):
+    trunk = pack_models(models)
+    calls: list[list[int]] = [[] for _ in models]  # hooked after packing: a hook seen when packing keeps a layer whole
+    hooks = [
         model.get_submodule(wrapped).base_layer.register_forward_hook(
             lambda _, args, __, seen=seen: seen.append(len(args[0]))
         )
-    trunk = pack_models(models)
+        for model, seen in zip(models, calls, strict=True)
+    ]
     x = torch.randn(6, 3, 32, 32)
     with torch.no_grad():
         got = trunk(x)
         assert calls == [[6], [], []]  # the first model's frozen layer, once, on all three chunks
+        for hook in hooks:
+            hook.remove()
         expected = torch.cat([model(chunk) for model, chunk in zip(models, x.chunk(3), strict=True)])
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_layer_watched_by_a_hook_runs_whole_so_that_its_hook_fires():
+    models = packable_models("lora", [{}, {}])
+    fired = []
+    models[1].blocks[0].attn.qkv.register_forward_hook(lambda _, args, __: fired.append(len(args[0])))
+    trunk = pack_models(models)
+    assert [s.base_once for s in trunk.modules() if isinstance(s, PackedSite)] == [False, True, False]
+    with torch.no_grad():
+        trunk(torch.randn(4, 3, 32, 32))
+    assert fired == [2]  # model 1's chunk
 
 
 def test_a_layer_with_its_own_forward_runs_whole_for_each_model():
@@ -169,6 +187,23 @@ def test_frozen_layers_that_draw_keep_each_point_alone():
     assert [(p.drew, p.frozen_drew) for p in probes] == [(True, False)] * 2 + [(True, True)] * 2
     cfgs = [OmegaConf.create({"trainer": {}, "protocol": {}, "backbone": {}})] * 4
     assert pack_groups(probes, loops, cfgs) == [[0, 1], [2], [3]]
+
+
+def test_full_fine_tuning_with_stochastic_depth_packs_on_each_points_own_streams():
+    """The whole model is the one site: all its draws are its own, none are the frozen layers'."""
+    loops = point_loops("full", [{"lr": lr} for lr in LRS], NO_STOP, drop_path_rate=0.1)
+    assert [(p.drew, p.frozen_drew) for p in probe_loops(loops)] == [(True, False)] * 3
+    cfgs = [OmegaConf.create({"trainer": {}, "protocol": {}, "backbone": {}})] * 3
+    assert pack_groups(probe_loops(loops), loops, cfgs) == [[0, 1, 2]]
+    assert_same_training("full", [{"lr": lr} for lr in LRS], NO_STOP, drop_path_rate=0.1)
+
+
+def test_prompts_that_change_what_a_once_run_block_reads_keep_points_apart():
+    """On a one-block ViT the block adds and drops VPT's prompts: equal outputs, but inputs that do not stack."""
+    cfgs = [OmegaConf.create({"trainer": {}, "protocol": {}, "backbone": {}})] * 3
+    models = packable_models("vpt_deep", [{"prompts": 2}, {"prompts": 2}, {"prompts": 4}], depth=1)
+    loops = [EpochLoop(m, TRAIN, VAL, RUNTIME, TrainerConfig(), NO_STOP, Objective(), 0) for m in models]
+    assert pack_groups(probe_loops(loops), loops, cfgs) == [[0, 1], [2]]
 
 
 def test_models_whose_frozen_tensors_differ_do_not_pack():

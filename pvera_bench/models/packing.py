@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from pvera_bench.adapters import AdaptedLayer
-from pvera_bench.models.runtime import RandomStreams, torch_rng_state
+from pvera_bench.models.runtime import RandomStreams, same_torch_rng_state, torch_rng_state
 
 
 def is_site(module: nn.Module) -> bool:
@@ -44,7 +44,7 @@ def splits_at_base(member: nn.Module) -> bool:
     layer that trains nothing."""
     return (
         isinstance(member, AdaptedLayer)
-        and type(member).forward is AdaptedLayer.forward
+        and not overrides(member, "forward")
         and not any(p.requires_grad for p in member.base_layer.parameters())
     )
 
@@ -60,7 +60,7 @@ def runs_base_once(members: list[nn.Module]) -> bool:
 
 
 def overrides(member: nn.Module, method: str) -> bool:
-    """Whether an adapted layer's class defines its own ``adapt_input`` or ``adapt_output``."""
+    """Whether an adapted layer's class defines its own ``method`` (``forward``, ``adapt_input``, ``adapt_output``)."""
     return getattr(type(member), method) is not getattr(AdaptedLayer, method)
 
 
@@ -153,12 +153,6 @@ def same_trunk_tensors(first: nn.Module, other: nn.Module) -> bool:
     )
 
 
-def same_rng_state(first: dict, other: dict) -> bool:
-    return torch.equal(first["torch"], other["torch"]) and all(
-        torch.equal(a, b) for a, b in zip(first["cuda"], other["cuda"], strict=True)
-    )
-
-
 class DrawLog:
     """Which parts of a forward drew random numbers: the adapters' own computations, or the frozen layers."""
 
@@ -170,7 +164,7 @@ class DrawLog:
     def note(self) -> None:
         """Credit any draw since the last note to the part that was running."""
         now = torch_rng_state()
-        if not same_rng_state(now, self.last):
+        if not same_torch_rng_state(now, self.last):
             self.drew.add(self.parts[-1])
         self.last = now
 
@@ -201,7 +195,8 @@ def probe(model: nn.Module, example: torch.Tensor) -> Probe:
     each model its own stream. A base layer that a pack runs once (:func:`runs_base_once`) counts as frozen."""
     shapes: list[tuple[str, tuple[int, ...]]] = []
     names = site_names(model)
-    log = DrawLog("adapter" if names == [""] else "frozen")  # the whole model is one site: it all trains
+    whole = names == [""]  # the whole model is the one site: it all trains, and hooks on it would not fire
+    log = DrawLog("adapter" if whole else "frozen")
 
     def entered(part: str, name: str, args: tuple) -> None:
         log.enter(part)
@@ -213,7 +208,7 @@ def probe(model: nn.Module, example: torch.Tensor) -> Probe:
         shapes.append((name, tuple(out.shape[1:])))
 
     hooks = []
-    for name in names if names != [""] else []:
+    for name in [] if whole else names:
         site = model.get_submodule(name)
         watched = [(site, "adapter", name)]
         if runs_base_once([site]):
@@ -228,7 +223,7 @@ def probe(model: nn.Module, example: torch.Tensor) -> Probe:
             log.last = torch_rng_state()
             out = model.forward(example)  # not ``model(...)``: a compiled model would compile this one-image graph
             log.note()
-        if names == [""]:
+        if whole:
             shapes.append(("", tuple(out.shape[1:])))
     finally:
         model.train(was_training)

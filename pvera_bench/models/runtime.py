@@ -112,6 +112,13 @@ def torch_rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
+def same_torch_rng_state(first: dict, other: dict) -> bool:
+    """Whether two :func:`torch_rng_state` results are equal: nothing was drawn between them."""
+    return torch.equal(first["torch"], other["torch"]) and all(
+        torch.equal(a, b) for a, b in zip(first["cuda"], other["cuda"], strict=True)
+    )
+
+
 def set_torch_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():

@@ -116,6 +116,16 @@ def packable_models(adapter: str, points: list[dict], **backbone) -> list[torch.
     return models
 
 
+def default_loops(models: list[torch.nn.Module]) -> list[EpochLoop]:
+    """An epoch loop per model with the default trainer, for probing and grouping."""
+    return [EpochLoop(m, TRAIN, VAL, RUNTIME, TrainerConfig(), NO_STOP, Objective(), 0) for m in models]
+
+
+def equal_configs(count: int) -> list:
+    """Configs of ``count`` points whose trainer, protocol and backbone settings agree."""
+    return [OmegaConf.create({"trainer": {}, "protocol": {}, "backbone": {}})] * count
+
+
 def test_the_trunk_shares_the_frozen_tensors_and_runs_each_model_on_its_chunk():
     models = packable_models("lora", [{"r": 2}, {"r": 4}])
     trunk = pack_models(models)
@@ -182,10 +192,10 @@ def test_frozen_layers_that_draw_keep_each_point_alone():
     draws alone, so such points train alone; Adapter+'s own drop path draws from each point's stream."""
     own = packable_models("adapter_plus", [{}, {}])
     frozen = packable_models("adapter_plus", [{}, {}], drop_path_rate=0.1)
-    loops = [EpochLoop(m, TRAIN, VAL, RUNTIME, TrainerConfig(), NO_STOP, Objective(), 0) for m in own + frozen]
+    loops = default_loops(own + frozen)
     probes = probe_loops(loops)
     assert [(p.drew, p.frozen_drew) for p in probes] == [(True, False)] * 2 + [(True, True)] * 2
-    cfgs = [OmegaConf.create({"trainer": {}, "protocol": {}, "backbone": {}})] * 4
+    cfgs = equal_configs(4)
     assert pack_groups(probes, loops, cfgs) == [[0, 1], [2], [3]]
 
 
@@ -193,16 +203,16 @@ def test_full_fine_tuning_with_stochastic_depth_packs_on_each_points_own_streams
     """The whole model is the one site: all its draws are its own, none are the frozen layers'."""
     loops = point_loops("full", [{"lr": lr} for lr in LRS], NO_STOP, drop_path_rate=0.1)
     assert [(p.drew, p.frozen_drew) for p in probe_loops(loops)] == [(True, False)] * 3
-    cfgs = [OmegaConf.create({"trainer": {}, "protocol": {}, "backbone": {}})] * 3
+    cfgs = equal_configs(3)
     assert pack_groups(probe_loops(loops), loops, cfgs) == [[0, 1, 2]]
     assert_same_training("full", [{"lr": lr} for lr in LRS], NO_STOP, drop_path_rate=0.1)
 
 
 def test_prompts_that_change_what_a_once_run_block_reads_keep_points_apart():
     """On a one-block ViT the block adds and drops VPT's prompts: equal outputs, but inputs that do not stack."""
-    cfgs = [OmegaConf.create({"trainer": {}, "protocol": {}, "backbone": {}})] * 3
+    cfgs = equal_configs(3)
     models = packable_models("vpt_deep", [{"prompts": 2}, {"prompts": 2}, {"prompts": 4}], depth=1)
-    loops = [EpochLoop(m, TRAIN, VAL, RUNTIME, TrainerConfig(), NO_STOP, Objective(), 0) for m in models]
+    loops = default_loops(models)
     assert pack_groups(probe_loops(loops), loops, cfgs) == [[0, 1], [2]]
 
 
@@ -210,8 +220,8 @@ def test_models_whose_frozen_tensors_differ_do_not_pack():
     models = packable_models("lora", [{}, {}, {}])
     with torch.no_grad():
         models[2].blocks[1].mlp.fc2.weight.add_(1e-3)  # e.g. a random-init backbone of another seed
-    loops = [EpochLoop(m, TRAIN, VAL, RUNTIME, TrainerConfig(), NO_STOP, Objective(), 0) for m in models]
-    cfgs = [OmegaConf.create({"trainer": {}, "protocol": {}, "backbone": {}})] * 3
+    loops = default_loops(models)
+    cfgs = equal_configs(3)
     assert pack_groups(probe_loops(loops), loops, cfgs) == [[0, 1], [2]]
     with pytest.raises(ValueError, match="cannot pack models whose frozen tensors differ"):
         pack_models(models)
